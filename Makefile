@@ -1,0 +1,58 @@
+# Transformers and Beyond — the two commands are `make book` and `make test`.
+# Every target creates the environment it needs first (`make setup`, a no-op when current).
+
+SHELL        := /bin/bash
+.SHELLFLAGS  := -eu -o pipefail -c
+PYTHON       ?= python3
+VENV         := .venv
+BIN          := $(VENV)/bin
+STAMP        := $(VENV)/.installed
+JOBS         ?= 2
+NB           ?= exercises
+PORT         ?= 8000
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.DEFAULT_GOAL := help
+.PHONY: help setup chromium book serve test test-lib test-notebooks test-grading test-book grade exercises clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP)  ## create .venv with requirements.txt and an editable course_lib (no-op when current)
+
+chromium:  ## install Debian's chromium for the browser test (needs root or sudo)
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+book: setup  ## execute the notebooks (execution cache, both cores) and build _build/html
+	$(BIN)/python -m course_lib.tools.nbexec --jobs $(JOBS) notebooks/*.ipynb
+	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
+	@echo "book: $(CURDIR)/_build/html/index.html"
+
+serve: book  ## serve the built book on http://localhost:$(PORT)
+	$(BIN)/python -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+exercises: setup  ## regenerate exercises/ from solutions/ (never edit exercises/ by hand)
+	$(BIN)/python -m course_lib.tools.make_exercises solutions exercises
+
+grade: setup  ## autograde NB=path (a notebook or a folder; default: every exercise)
+	$(BIN)/python -m course_lib.grade $(NB)
+
+# make test: (1) course_lib against torch, notebooks executed once into the book's execution
+# cache, solutions graded strictly (their nbval run), exercises graded, sync and tampering;
+# (2) the book built from that cache with zero warnings; (3) headless Chromium on the book.
+test: setup chromium  ## everything: library, notebooks, grading, book build, browser
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not browser" tests
+	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
+	$(BIN)/python -m pytest -m browser tests/test_book.py
+
+clean:  ## remove the built book, the execution cache and Python caches (keeps .venv)
+	rm -rf _build .hypothesis grading_reports
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
