@@ -12,7 +12,6 @@ NB           ?= exercises
 PORT         ?= 8000
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .DEFAULT_GOAL := help
 .PHONY: help setup chromium book serve test test-lib test-notebooks test-grading test-book grade exercises clean

@@ -21,6 +21,7 @@ from course_lib.utils import check_floating, check_tensor
 __all__ = [
     "softmax",
     "entropy",
+    "softmax_jacobian",
     "attention_scores",
     "scaled_dot_product_attention",
     "plot_attention",
@@ -71,6 +72,22 @@ def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     check_floating("p", p)
     pf = p.float()
     return -(pf * torch.log(pf.clamp_min(torch.finfo(pf.dtype).tiny))).sum(dim=dim)
+
+
+def softmax_jacobian(p: torch.Tensor) -> torch.Tensor:
+    """The Jacobian of softmax from its output: J = diag(p) − p pᵀ, for every row.
+
+    ∂softmax(z)_i/∂z_j = p_i (δ_ij − p_j). When p is nearly one-hot every entry is close to 0:
+    a saturated softmax passes almost no gradient back to its logits.
+
+    Args:
+        p: probabilities ``[..., n]``.
+    Returns:
+        ``[..., n, n]``.
+    """
+    check_tensor("p", p, min_dim=1)
+    check_floating("p", p)
+    return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

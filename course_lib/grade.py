@@ -129,7 +129,7 @@ def _run_nbval(merged: Path, *, strict: bool, cell_timeout: float, report_json: 
         "-c", str(ini), "--rootdir", str(workdir),
         "-q", "--no-header", "-rN", "--color=no",
     ]
-    env = dict(os.environ, COURSE_GRADE_REPORT=str(report_json), MPLBACKEND="Agg", PYTHONHASHSEED="0")
+    env = dict(os.environ, COURSE_GRADE_REPORT=str(report_json), PYTHONHASHSEED="0")
     env.pop("PYTEST_XDIST_WORKER", None)
     n_cells = len(nbformat.read(merged, as_version=4).cells)
     limit = 120 + n_cells * (cell_timeout + 10)

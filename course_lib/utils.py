@@ -19,6 +19,7 @@ __all__ = [
     "set_seed",
     "check_tensor",
     "check_floating",
+    "best_time",
 ]
 
 
@@ -33,6 +34,26 @@ def set_seed(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def best_time(fn, *args, repeats: int = 3, **kwargs) -> float:
+    """Best wall-clock time of ``fn(*args, **kwargs)`` over ``repeats`` runs, in seconds.
+
+    One warm-up call first (allocations, kernel selection); on a GPU every run is bracketed
+    by ``torch.cuda.synchronize()`` so the asynchronous launch is not what gets timed.
+    """
+    import time
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    fn(*args, **kwargs)
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:

@@ -8,7 +8,6 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 # CI is a 2-core machine: a moderate number of examples per property, no per-example
 # deadline (the first call into torch is slow), derandomized so a failure reproduces.

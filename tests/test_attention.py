@@ -14,6 +14,7 @@ from course_lib.attention import (
     attention_scores,
     entropy,
     plot_attention,
+    softmax_jacobian,
     scaled_dot_product_attention,
     softmax,
 )
@@ -204,3 +205,22 @@ def test_plot_attention():
         plot_attention(w[None])
     with pytest.raises(ValueError, match="keys: expected 4 labels"):
         plot_attention(w, keys=["a"])
+
+
+def test_softmax_jacobian_matches_autograd():
+    z = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    want = torch.autograd.functional.jacobian(lambda t: torch.softmax(t, -1), z)
+    torch.testing.assert_close(softmax_jacobian(softmax(z)), want)
+    # batched, and vanishing at a one-hot row: a saturated softmax passes no gradient
+    J = softmax_jacobian(torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
+    assert J.shape == (2, 3, 3) and (J[0] == 0).all() and J[1].abs().sum() > 0
+
+
+def test_best_time_times_the_call():
+    import time as _time
+
+    from course_lib.utils import best_time
+
+    calls = []
+    t = best_time(lambda s: (calls.append(s), _time.sleep(s)), 0.01, repeats=2)
+    assert len(calls) == 3 and 0.009 < t < 0.5  # one warm-up + two timed runs

@@ -76,7 +76,6 @@ def execute(path: Path, timeout: int = DEFAULT_TIMEOUT) -> tuple[nbformat.Notebo
     from jupyter_cache.executors.utils import single_nb_execution
 
     nb = nbformat.read(path, as_version=4)
-    os.environ.setdefault("MPLBACKEND", "Agg")
     result = single_nb_execution(nb, cwd=str(path.parent.resolve()), timeout=timeout,
                                  allow_errors=False, meta_override=True)
     err = None if result.err is None else (result.exc_string or repr(result.err))
@@ -88,6 +87,9 @@ def run_one(path: str, force: bool, inplace: bool, timeout: int) -> Result:
     if not inplace and not force and is_cached(p):
         return Result(path, 0.0, skipped=True)
     nb, seconds, err = execute(p, timeout)
+    # Widget state would make the book load the widget JavaScript from a CDN: the book shows
+    # a static figure beside each widget instead.
+    nb.metadata.pop("widgets", None)
     if err is None:
         if inplace:
             nbformat.write(nb, p)
