@@ -9,6 +9,11 @@ BIN          := $(VENV)/bin
 STAMP        := $(VENV)/.installed
 JOBS         ?= 2
 NB           ?= exercises
+BUILD_LOG    := _build/book-build.log
+# The notebooks are executed before the build (nbexec or the tests) into the execution cache;
+# the build itself must find them all cached. Its verbose log is kept for tests/test_book.py.
+BUILD_BOOK   = mkdir -p _build && $(BIN)/jupyter-book build . --warningiserror --keep-going -v \
+               > $(BUILD_LOG) 2>&1 || { tail -40 $(BUILD_LOG); exit 1; }
 PORT         ?= 8000
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PYTHONHASHSEED := 0
@@ -32,8 +37,8 @@ chromium:  ## install Debian's chromium for the browser test (needs root or sudo
 
 book: setup  ## execute the notebooks (execution cache, both cores) and build _build/html
 	$(BIN)/python -m course_lib.tools.nbexec --jobs $(JOBS) notebooks/*.ipynb
-	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
-	@echo "book: $(CURDIR)/_build/html/index.html"
+	$(BUILD_BOOK)
+	@echo "book: $(CURDIR)/_build/html/index.html (build log: $(BUILD_LOG))"
 
 serve: book  ## serve the built book on http://localhost:$(PORT)
 	$(BIN)/python -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
@@ -49,7 +54,7 @@ grade: setup  ## autograde NB=path (a notebook or a folder; default: every exerc
 # (2) the book built from that cache with zero warnings; (3) headless Chromium on the book.
 test: setup chromium  ## everything: library, notebooks, grading, book build, browser
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not browser" tests
-	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet
+	$(BUILD_BOOK)
 	$(BIN)/python -m pytest -m browser tests/test_book.py
 
 clean:  ## remove the built book, the execution cache and Python caches (keeps .venv)

@@ -345,3 +345,13 @@ def test_bibliography_lists_references(visit):
     html = (HTML / (BIBLIOGRAPHY + ".html")).read_text(encoding="utf-8")
     n_shown = html.count('role="doc-biblioentry"')
     assert n_shown >= n_entries, f"the bibliography shows {n_shown} of the {n_entries} entries of references.bib"
+
+
+def test_book_build_executed_nothing():
+    """The build reads every chapter from the execution cache that nbexec or the notebook
+    tests filled, so each notebook runs once per `make test` / `make book`."""
+    log_path = ROOT / "_build" / "book-build.log"
+    assert log_path.is_file(), f"{log_path} is missing: build with `make book` or `make test`"
+    log = log_path.read_text(encoding="utf-8", errors="replace")
+    executed = [ln for ln in log.splitlines() if "Executing notebook" in ln]
+    assert not executed, "the book build executed a notebook (a cache miss):\n" + "\n".join(executed)
