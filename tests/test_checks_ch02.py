@@ -1,0 +1,158 @@
+"""The Exercise 2 checks pass the reference answers and name the likely mistake otherwise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from course_lib.grading import ch02
+
+
+# ----------------------------------------------------------------------------- answers
+def split_ok(x, n_heads):
+    B, T, D = x.shape
+    return x.view(B, T, n_heads, D // n_heads).transpose(1, 2)
+
+
+def merge_ok(x):
+    B, h, T, d = x.shape
+    return x.transpose(1, 2).reshape(B, T, h * d)
+
+
+def mha_ok(x, params, n_heads, context=None, mask=None, *, scale=None, use_o=True, merge="ok",
+           split="ok", transpose_w=True, invert_mask=False, ignore_mask=False, average=False, q_from_context=False):
+    if q_from_context and context is not None:
+        x, context = context, x
+    out, w = ch02.reference_mha(x, params, n_heads, context, None if ignore_mask else mask, scale=scale,
+                                use_o=use_o, merge=merge, split=split, transpose_w=transpose_w,
+                                invert_mask=invert_mask)
+    return out, (w.mean(1) if average else w)
+
+
+def cross_ok(x, cond, cond_lengths, params, n_heads, *, invert=False, no_mask=False, **kw):
+    keep = torch.arange(cond.shape[1])[None, :] < cond_lengths[:, None]
+    mask = None if no_mask else (~keep if invert else keep)[:, None, None, :]
+    return mha_ok(x, params, n_heads, context=cond, mask=mask, **kw)
+
+
+def count_ok(d_model, n_heads, bias=True):
+    return 4 * d_model * d_model + (4 * d_model if bias else 0)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("fill in this answer")
+
+
+# ----------------------------------------------------------------------------- task 1
+def test_split_merge_passes(capsys):
+    ch02.check_split_merge(split_ok, merge_ok)
+    assert capsys.readouterr().out == "✓ split_merge: all 15 cases passed\n"
+
+
+@pytest.mark.parametrize(
+    "split, merge, message",
+    [
+        (stub, merge_ok, "split_heads is not implemented yet"),
+        (split_ok, stub, "merge_heads is not implemented yet"),
+        (lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), merge_ok, r"straight to \[B, h, T, d_h\]"),
+        (lambda x, h: x.reshape(*x.shape[:2], -1, h).permute(0, 3, 1, 2), merge_ok, r"split as \[B, T, d_h, h\]"),
+        (split_ok, lambda y: y.reshape(y.shape[0], y.shape[2], -1), "heads merged in the wrong order: reshaped"),
+        (split_ok, lambda y: y.permute(0, 2, 3, 1).reshape(y.shape[0], y.shape[2], -1), "head index fastest"),
+        (lambda x, h: x.view(*x.shape[:2], h, -1), merge_ok, "expected shape"),
+        (split_ok, lambda y: merge_ok(y) * 2, "wrong values"),
+    ],
+)
+def test_split_merge_names_the_mistake(split, merge, message):
+    with pytest.raises(AssertionError, match=message):
+        ch02.check_split_merge(split, merge)
+
+
+# ----------------------------------------------------------------------------- task 2
+def test_mha_forward_passes(capsys):
+    ch02.check_mha_forward(mha_ok)
+    assert capsys.readouterr().out == "✓ mha_forward: all 7 cases passed\n"
+
+
+def _wrong(**kw):
+    return lambda x, params, n_heads, context=None, mask=None: mha_ok(x, params, n_heads, context, mask, **kw)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (stub, "mha_forward is not implemented yet"),
+        (lambda x, p, h, context=None, mask=None: mha_ok(x, p, h, context, mask, scale=1 / math.sqrt(x.shape[-1])),
+         r"scaled by 1/√D \(the model width\)"),
+        (_wrong(scale=1.0), "scores not scaled"),
+        (_wrong(use_o=False), "W\\^O missing"),
+        (_wrong(merge="no_transpose"), "heads merged in the wrong order: transpose"),
+        (_wrong(merge="head_fastest"), "heads merged in the wrong order: each head"),
+        (_wrong(split="no_transpose"), "heads split in the wrong way"),
+        (_wrong(transpose_w=False), r"x @ W\.T \+ b"),
+        (_wrong(invert_mask=True), "mask inverted"),
+        (_wrong(ignore_mask=True), "mask ignored"),
+        (_wrong(average=True), "averaged over heads"),
+        (_wrong(q_from_context=True), "queries were taken from the condition"),
+        (lambda x, p, h, context=None, mask=None: mha_ok(x, p, h, context, mask)[0], "expected a tuple"),
+        (lambda x, p, h, context=None, mask=None: tuple(t.double() for t in mha_ok(x, p, h, context, mask)),
+         "expected dtype torch.float32"),
+    ],
+)
+def test_mha_forward_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch02.check_mha_forward(wrong)
+
+
+# ----------------------------------------------------------------------------- task 3
+def test_cross_attention_passes(capsys):
+    ch02.check_cross_attention(cross_ok)
+    assert capsys.readouterr().out == "✓ cross_attention: all 4 cases passed\n"
+
+
+def _cwrong(**kw):
+    return lambda x, cond, lengths, params, h: cross_ok(x, cond, lengths, params, h, **kw)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (stub, "cross_attention is not implemented yet"),
+        (_cwrong(q_from_context=True, no_mask=True), "queries were taken from the condition"),
+        (lambda x, c, n, p, h: tuple(t.transpose(-2, -1) if t.dim() == 4 else t for t in cross_ok(x, c, n, p, h)),
+         "queries and keys swapped|expected shape"),
+        (_cwrong(invert=True), "padded positions of the condition get attention"),
+        (_cwrong(no_mask=True), "padded positions of the condition get attention"),
+        (lambda x, c, n, p, h: cross_ok(x, c, n, p, h, scale=1 / math.sqrt(x.shape[-1])), r"1/√D instead of 1/√d_h"),
+        (_cwrong(use_o=False), "W\\^O missing"),
+    ],
+)
+def test_cross_attention_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch02.check_cross_attention(wrong)
+
+
+# ----------------------------------------------------------------------------- task 4
+def test_param_count_passes(capsys):
+    ch02.check_param_count(count_ok)
+    assert capsys.readouterr().out == "✓ param_count: all 24 cases passed\n"
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (stub, "mha_param_count is not implemented yet"),
+        (lambda D, h, bias=True: 4 * D * (D // h) + (3 * (D // h) + D if bias else 0), "counted one head only"),
+        (lambda D, h, bias=True: h * count_ok(D, h, bias), "full D × D matrices"),
+        (lambda D, h, bias=True: 3 * D * D + (3 * D if bias else 0), "W\\^O missing"),
+        (lambda D, h, bias=True: 4 * D * D, "biases missing"),
+        (lambda D, h, bias=True: 4 * D * D + 4 * D, "biases counted although bias=False"),
+        (lambda D, h, bias=True: 4 * D * D + (3 * D if bias else 0), "output projection's D biases"),
+        (lambda D, h, bias=True: count_ok(D, h, bias) + 1, "expected"),
+        (lambda D, h, bias=True: "many", "expected a number"),
+    ],
+)
+def test_param_count_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch02.check_param_count(wrong)
