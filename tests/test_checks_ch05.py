@@ -1,0 +1,276 @@
+"""The Exercise 5 checks pass the reference answers and name the likely mistake otherwise.
+
+Each wrong answer below is written the way a student would write it (not taken from the
+grading module), so the checks are shown to recognise the mistake itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from course_lib.grading import ch05
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the tiled loops run many tiny ops; on a shared 2-core machine intra-op threads only add overhead
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("fill in this answer")
+
+
+# ----------------------------------------------------------------------------- task 1
+def merge_ok(a, b, *, rescale=(True, True), flip=False):
+    (m1, l1), (m2, l2) = a, b
+    m = torch.maximum(m1, m2)
+    ms = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    f1 = torch.exp(m1 - ms) if rescale[0] else 1.0
+    f2 = torch.exp(m2 - ms) if rescale[1] else 1.0
+    if flip:
+        f1, f2 = torch.exp(ms - m1), torch.exp(ms - m2)
+    return m, f1 * l1 + f2 * l2
+
+
+def merge_nan(a, b):
+    (m1, l1), (m2, l2) = a, b
+    m = torch.maximum(m1, m2)
+    return m, torch.exp(m1 - m) * l1 + torch.exp(m2 - m) * l2    # −inf − (−inf) = NaN for two empty blocks
+
+
+def test_merge_passes(capsys):
+    ch05.check_merge(merge_ok)
+    assert capsys.readouterr().out == "✓ merge: all 8 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "merge_stats is not implemented yet"),
+    (lambda a, b: merge_ok(a, b, rescale=(False, False)), "missing rescale by e\\^\\(m_old − m_new\\)"),
+    (lambda a, b: merge_ok(a, b, rescale=(False, True)), "missing rescale .* for the first block"),
+    (lambda a, b: merge_ok(a, b, rescale=(True, False)), "missing rescale .* for the second block"),
+    (lambda a, b: merge_ok(a, b, flip=True), "exponent sign flipped"),
+    (lambda a, b: (a[0] + b[0], merge_ok(a, b)[1]), "larger of the two maxima"),
+    (lambda a, b: (torch.maximum(a[0], b[0]), torch.maximum(a[1], b[1])), "maximum of the two sums"),
+    (lambda a, b: merge_ok(a, b)[0], "expected a pair"),
+])
+def test_merge_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch05.check_merge(wrong)
+
+
+def test_merge_without_the_guard_fails_on_fully_masked_rows():
+    with pytest.raises(AssertionError, match="NaN in the result.*e\\^\\(−inf − \\(−inf\\)\\) is NaN"):
+        ch05.check_merge(merge_nan)
+
+
+# ----------------------------------------------------------------------------- task 2
+def kinds_ok(N, Br, Bc, *, by_index=False, skip_ge=False, full_lt=False, transpose=False, as_bool=False):
+    Tr, Tc = -(-N // Br), -(-N // Bc)
+    out = torch.zeros(Tr, Tc, dtype=torch.long)
+    for i in range(Tr):
+        r0, r1 = i * Br, min((i + 1) * Br, N)
+        for j in range(Tc):
+            c0, c1 = j * Bc, min((j + 1) * Bc, N)
+            if by_index:
+                out[i, j] = 0 if j > i else (1 if j == i else 2)
+            elif (c0 >= r1 - 1) if skip_ge else (c0 > r1 - 1):
+                out[i, j] = 0
+            elif (c1 - 1 < r0) if full_lt else (c1 - 1 <= r0):
+                out[i, j] = 2
+            else:
+                out[i, j] = 1
+    if as_bool:
+        return out > 0
+    return out.T if transpose else out
+
+
+def test_tile_kinds_passes(capsys):
+    ch05.check_tile_kinds(kinds_ok)
+    assert capsys.readouterr().out == "✓ tile_kinds: all 9 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "causal_tile_kinds is not implemented yet"),
+    (lambda N, Br, Bc: kinds_ok(N, Br, Bc, by_index=True), "compared block indices"),
+    (lambda N, Br, Bc: kinds_ok(N, Br, Bc, skip_ge=True), "off by one at the skip"),
+    (lambda N, Br, Bc: kinds_ok(N, Br, Bc, full_lt=True), "off by one at the full tiles"),
+    (lambda N, Br, Bc: kinds_ok(N, Br, Bc, transpose=True), "transposed"),
+    (lambda N, Br, Bc: 2 - kinds_ok(N, Br, Bc), "0 and 2 swapped"),
+    (lambda N, Br, Bc: kinds_ok(N, Br, Bc, as_bool=True), "expected an integer tensor"),
+    (lambda N, Br, Bc: kinds_ok(N, Br, Bc).float(), "expected an integer tensor"),
+])
+def test_tile_kinds_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch05.check_tile_kinds(wrong)
+
+
+# ----------------------------------------------------------------------------- task 3
+def forward_ok(q, k, v, Br, Bc, causal=False, *, rescale=True, normalize="end", pad=False, mask=True,
+               skip=True, scale=True, L_kind="lse", transposed_mask=False):
+    N, d = q.shape[-2], q.shape[-1]
+    Nk = k.shape[-2]
+    if pad:                                            # fixed-size tiles: pad K, V with zeros
+        extra = (-Nk) % Bc
+        k = torch.cat([k, torch.zeros(*k.shape[:-2], extra, d)], -2)
+        v = torch.cat([v, torch.zeros(*v.shape[:-2], extra, v.shape[-1])], -2)
+    O = torch.zeros(*q.shape[:-1], v.shape[-1])
+    L = torch.zeros(q.shape[:-1])
+    for r0 in range(0, N, Br):
+        Qi = q[..., r0:r0 + Br, :]
+        R = Qi.shape[-2]
+        m = torch.full(Qi.shape[:-1], -math.inf)
+        l = torch.zeros(Qi.shape[:-1])
+        acc = torch.zeros(*Qi.shape[:-1], v.shape[-1])
+        for c0 in range(0, k.shape[-2], Bc):
+            if causal and skip and c0 > r0 + R - 1:
+                break
+            Kj, Vj = k[..., c0:c0 + Bc, :], v[..., c0:c0 + Bc, :]
+            S = Qi @ Kj.transpose(-2, -1)
+            if scale:
+                S = S / math.sqrt(d)
+            if causal and mask:
+                rows = torch.arange(r0, r0 + R)[:, None]
+                cols = torch.arange(c0, c0 + Kj.shape[-2])[None, :]
+                S = S.masked_fill((cols < rows) if transposed_mask else (cols > rows), -math.inf)
+            m_new = torch.maximum(m, S.amax(-1))
+            P = torch.exp(S - m_new[..., None])
+            a = torch.exp(m - m_new) if rescale else torch.ones_like(m)
+            l = a * l + P.sum(-1)
+            acc = a[..., None] * acc + P @ Vj
+            if normalize == "inside":
+                acc = acc / l[..., None]
+            m = m_new
+        O[..., r0:r0 + R, :] = acc if normalize == "inside" else acc / l[..., None]
+        L[..., r0:r0 + R] = {"lse": m + torch.log(l), "m": m, "logl": torch.log(l), "l": l}[L_kind]
+    return O, L
+
+
+def test_flash_forward_passes(capsys):
+    ch05.check_flash_forward(forward_ok)
+    assert capsys.readouterr().out == "✓ flash_forward: all 8 cases passed\n"
+
+
+def test_flash_forward_passes_the_course_lib_function(capsys):
+    from course_lib.flash import flash_attention_forward
+    ch05.check_flash_forward(lambda q, k, v, Br, Bc, causal=False:
+                             flash_attention_forward(q, k, v, Br=Br, Bc=Bc, causal=causal))
+    assert "all 8 cases passed" in capsys.readouterr().out
+
+
+def causal_only(**kw):
+    # right for causal=False (so the non-causal cases pass), wrong only in the causal cases
+    return lambda q, k, v, Br, Bc, causal=False: forward_ok(q, k, v, Br, Bc, causal, **kw)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "flash_forward is not implemented yet"),
+    (causal_only(rescale=False), "missing rescale by e\\^\\(m_old − m_new\\)"),
+    (causal_only(normalize="inside"), "normalizing inside the loop"),
+    (causal_only(pad=True), "forgot to mask the unfilled tail of the last block"),
+    (causal_only(scale=False), "scores not scaled"),
+    (causal_only(mask=False), "tiles on the diagonal are not masked"),
+    (causal_only(mask=False, skip=False), "causal=True was ignored"),
+    (lambda q, k, v, Br, Bc, causal=False: forward_ok(q, k, v, Br, Bc, False), "causal=True was ignored"),
+    (causal_only(transposed_mask=True), "causal mask transposed"),
+    (causal_only(L_kind="m"), "L is the row maximum m only"),
+    (causal_only(L_kind="logl"), "L is log ℓ only"),
+    (causal_only(L_kind="l"), "returned ℓ instead of the log-sum-exp"),
+    (lambda q, k, v, Br, Bc, causal=False: forward_ok(q, k, v, Br, Bc, causal)[0], "expected a pair"),
+    (lambda q, k, v, Br, Bc, causal=False: (forward_ok(q, k, v, Br, Bc, causal)[0][..., :-1, :], None),
+     "expected shape"),
+])
+def test_flash_forward_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch05.check_flash_forward(wrong)
+
+
+def test_flash_forward_without_the_max_overflows():
+    def no_max(q, k, v, Br, Bc, causal=False):
+        s = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])) * 40
+        e = torch.exp(s)
+        return e @ v / e.sum(-1, keepdim=True), torch.log(e.sum(-1))
+    with pytest.raises(AssertionError, match="NaN or inf|wrong values"):
+        ch05.check_flash_forward(no_max)
+
+
+# ----------------------------------------------------------------------------- task 4
+def io_ok(N, d, M, *, s_pass=2, bc="ceil", init=True, stats=True, o_twice=True, kv_per_query_block=False):
+    standard = 4 * N * d + 2 * s_pass * N * N
+    Bc = {"ceil": math.ceil(M / (4 * d)), "floor": M // (4 * d), "Br": min(math.ceil(M / (4 * d)), d),
+          "ceil_d": math.ceil(M / d)}[bc]
+    Tc = math.ceil(N / Bc)
+    per_step = (2 if o_twice else 1) * N * d + (4 * N if stats else 0) + N * d     # Q read + O + ℓ, m
+    flash = 2 * N * d + Tc * per_step + ((N * d + (2 * N if stats else 0)) if init else 0)
+    if kv_per_query_block:
+        Br = min(math.ceil(M / (4 * d)), d)
+        flash += 2 * N * d * (math.ceil(N / Br) - 1)
+    return standard, flash
+
+
+def test_hbm_accesses_passes(capsys):
+    ch05.check_hbm_accesses(io_ok)
+    assert capsys.readouterr().out == "✓ hbm_accesses: all 7 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "hbm_accesses is not implemented yet"),
+    (lambda N, d, M: io_ok(N, d, M, s_pass=1), "S and P counted once instead of written and read"),
+    (lambda N, d, M: io_ok(N, d, M, bc="floor"), "used the wrong block size formula"),
+    (lambda N, d, M: io_ok(N, d, M, bc="ceil_d"), "used the wrong block size formula"),
+    (lambda N, d, M: io_ok(N, d, M, bc="Br"), "used the wrong block size formula"),
+    (lambda N, d, M: io_ok(N, d, M, init=False), "initialised in HBM"),
+    (lambda N, d, M: io_ok(N, d, M, stats=False), "forgot ℓ and m"),
+    (lambda N, d, M: io_ok(N, d, M, o_twice=False), "counted O once per outer step"),
+    (lambda N, d, M: io_ok(N, d, M, kv_per_query_block=True), "K and V are read once in all"),
+    (lambda N, d, M: (io_ok(N, d, M)[0], io_ok(N, d, M)[1] + 1), "flash = .* expected"),
+    (lambda N, d, M: io_ok(N, d, M)[0], "expected a pair"),
+    (lambda N, d, M: (float("nan"), 0), "expected a finite number"),
+])
+def test_hbm_accesses_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch05.check_hbm_accesses(wrong)
+
+
+# ----------------------------------------------------------------------------- task 5
+def backward_ok(q, k, v, o, L, do, *, D_kind="dOO", jac=True, scale_grads=True, dv_T=True, from_L=True, dk_T=True,
+                dq_T=False):
+    scale = 1 / math.sqrt(q.shape[-1])
+    S = q @ k.transpose(-2, -1) * scale
+    P = torch.exp(S - L[..., None]) if from_L else torch.exp(S - S.amax(-1, keepdim=True))
+    dv = (P.transpose(-2, -1) if dv_T else P) @ do
+    dP = do @ v.transpose(-2, -1)
+    D = {"dOO": (do * o).sum(-1, keepdim=True), "dP": dP.sum(-1, keepdim=True), "none": 0}[D_kind]
+    dS = P * (dP - D) if jac else dP
+    s = scale if scale_grads else 1.0
+    dq = s * ((dS.transpose(-2, -1) if dq_T else dS) @ k)
+    dk = s * ((dS.transpose(-2, -1) if dk_T else dS) @ q)
+    return dq, dk, dv
+
+
+def test_backward_passes(capsys):
+    ch05.check_backward(backward_ok)
+    assert capsys.readouterr().out == "✓ backward: all 4 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "backward_from_lse is not implemented yet"),
+    (lambda *a: backward_ok(*a, D_kind="dP"), "D = rowsum\\(dP\\) instead of"),
+    (lambda *a: backward_ok(*a, D_kind="none"), "missing the − D term"),
+    (lambda *a: backward_ok(*a, jac=False), "the softmax Jacobian is missing"),
+    (lambda *a: backward_ok(*a, scale_grads=False), "without the scale"),
+    (lambda *a: backward_ok(*a, dv_T=False), "dV = P dO"),
+    (lambda *a: backward_ok(*a, from_L=False), "P not recomputed from L"),
+    (lambda *a: backward_ok(*a, dk_T=False), "dK = dS Q"),
+    (lambda *a: backward_ok(*a, dq_T=True), "dQ = dSᵀ K"),
+    (lambda *a: backward_ok(*a)[:2], "expected a tuple"),
+])
+def test_backward_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch05.check_backward(wrong)
