@@ -1,0 +1,319 @@
+"""Checks for Exercise 12 (writing kernels in Triton).
+
+Tasks, in the order of the exercise notebook — the student writes ``@triton.jit`` kernels with
+the signatures below; each check launches them itself:
+
+1. ``axpy_relu_kernel(x_ptr, y_ptr, out_ptr, a, n, BLOCK)`` — ``out = relu(a·x + y)``, tail masked;
+2. ``softmax_kernel(out_ptr, in_ptr, in_row_stride, out_row_stride, n_cols, BLOCK)`` — row softmax,
+   one program per row;
+3. ``flash_fwd_kernel(Q, K, V, O, LSE, sm_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL)`` — the
+   online-softmax update of ``(m, ℓ, acc)`` for one key/value block, inside a given scaffold;
+4. ``rms_norm_kernel(out_ptr, in_ptr, w_ptr, in_row_stride, out_row_stride, n_cols, eps, BLOCK)``.
+
+Every output buffer is a view into a larger buffer whose remainder holds a sentinel: a kernel
+that stores past the end (an unmasked tail) is caught deterministically, in the interpreter as
+on a GPU. Wrong answers are recognised by recomputing the known mistakes in PyTorch (no mask on
+the padding lanes, ``other=0`` instead of ``-inf``, no rescale of ``acc``, normalising inside the
+loop, ``mean`` over ``BLOCK`` instead of ``n_cols`` …).
+
+triton is not imported here at module import time (``course_lib.triton_kernels`` must set
+``TRITON_INTERPRET`` first); the kernels arrive already decorated from the notebook.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.grading import expect_close, passed
+
+__all__ = ["check_axpy_relu", "check_softmax_kernel", "check_flash_inner", "check_rms_norm_kernel"]
+
+SENTINEL = 12345.0
+
+
+def _device() -> torch.device:
+    from course_lib.triton_kernels import DEVICE  # sets TRITON_INTERPRET on a CPU first
+
+    return DEVICE
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _launch(kernel, grid, *args, name: str, **meta) -> None:
+    """Launch the student's kernel; turn its failures into an AssertionError that says why."""
+    if not hasattr(kernel, "__getitem__") or not hasattr(kernel, "fn"):
+        raise AssertionError(f"{name}: expected a @triton.jit kernel; got {type(kernel).__name__} "
+                             "(did you forget the @triton.jit decorator?)")
+    try:
+        kernel[grid](*args, **meta)
+    except Exception as exc:
+        if any(isinstance(e, NotImplementedError) for e in _chain(exc)) or "fill in this answer" in str(exc):
+            raise AssertionError(
+                f"{name} is not implemented yet: replace `raise NotImplementedError` with your answer"
+            ) from None
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise AssertionError(f"{name} raised {type(exc).__name__}: {first}") from exc
+
+
+def _guarded(shape: tuple[int, ...], dtype: torch.dtype, pad: int, fill: float,
+             row_pad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(view, buffer)``: ``view`` of ``shape`` (rows followed by ``row_pad`` extra columns,
+    default ``pad``, and a trailing guard of ``pad`` elements) filled with ``fill``; the rest of
+    ``buffer`` is SENTINEL."""
+    rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+    row_pad = pad if row_pad is None else row_pad
+    buf = torch.full((rows * (cols + row_pad) + pad,), SENTINEL, dtype=dtype, device=_device())
+    view = buf[: rows * (cols + row_pad)].view(rows, cols + row_pad)[:, :cols]
+    view.fill_(fill)
+    return (view[0] if len(shape) == 1 else view), buf
+
+
+def _expect_guard(name: str, view: torch.Tensor, buf: torch.Tensor, hint: str) -> None:
+    keep = torch.ones(buf.numel(), dtype=torch.bool, device=buf.device)
+    idx = torch.arange(buf.numel(), device=buf.device).as_strided(view.shape, view.stride(), view.storage_offset())
+    keep[idx.reshape(-1)] = False
+    touched = (buf[keep] != SENTINEL).sum().item()
+    if touched:
+        raise AssertionError(f"{name}: {hint} (the kernel wrote {touched} elements past the end of the output)")
+
+
+def _filled(seed: int, shape, dtype, scale: float = 1.0, pad: int = 0) -> torch.Tensor:
+    """A seeded random input; with ``pad`` a row-strided view of a wider buffer (garbage after it)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = (1, shape[0]) if len(shape) == 1 else shape
+    full = (torch.randn(rows, cols + pad, generator=g) * scale)
+    full[:, cols:] = 1e4  # garbage a wrong row stride or an unmasked load would pick up
+    full = torch.cat([full.reshape(-1), torch.full((max(pad, 1),), 1e4)]).to(dtype).to(_device())
+    view = full[: rows * (cols + pad)].view(rows, cols + pad)[:, :cols]
+    return view[0] if len(shape) == 1 else view
+
+
+# ----------------------------------------------------------------------------- task 1
+def check_axpy_relu(axpy_relu_kernel) -> None:
+    """Task 1: ``out = max(a·x + y, 0)`` elementwise, grid ``cdiv(n, BLOCK)``, tail masked."""
+    name = "axpy_relu_kernel"
+    cases = [(1000, 128, 2.0), (1024, 256, -0.5), (37, 16, 3.0), (5, 64, 1.5), (300, 32, 0.25)]
+    tail_hint = ("unmasked tail (n not a multiple of BLOCK): mask the loads and the store with "
+                 "offsets < n")
+    for i, (n, block, a) in enumerate(cases):
+        label = f"{name} (n={n}, BLOCK={block}, a={a})"
+        x = _filled(100 + i, (n,), torch.float32, pad=block)
+        y = _filled(200 + i, (n,), torch.float32, pad=block)
+        out, buf = _guarded((n,), torch.float32, block, float("nan"))
+        _launch(axpy_relu_kernel, (_cdiv(n, block),), x, y, out, a, n, name=name, BLOCK=block)
+        _expect_guard(label, out, buf, tail_hint)
+        want = torch.relu(a * x + y)
+        got = out.detach().clone()
+        if torch.isnan(got).any():
+            first_block = torch.isnan(got[:block]).sum() == 0
+            if first_block and n > block and torch.allclose(got[:block], want[:block]):
+                raise AssertionError(f"{label}: only the first block was written: the offsets ignore the "
+                                     "program id; use pid * BLOCK + tl.arange(0, BLOCK)")
+            raise AssertionError(f"{label}: {int(torch.isnan(got).sum())} elements of out never written "
+                                 "(grid is cdiv(n, BLOCK): each program must store its whole block)")
+        expect_close(label, got, want, mistakes={
+            "ReLU missing: clamp at zero with tl.maximum(a * x + y, 0.0)": a * x + y,
+            "a multiplies y instead of x: out = relu(a·x + y)": torch.relu(x + a * y),
+            "ReLU applied before adding y: out = relu(a·x + y)": torch.relu(a * x) + y,
+        })
+    passed("axpy_relu", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 2
+def _softmax_other_zero(x: torch.Tensor, block: int) -> torch.Tensor:
+    padded = F.pad(x.double(), (0, block - x.shape[-1]), value=0.0)
+    return torch.softmax(padded, -1)[..., : x.shape[-1]]
+
+
+def _rows_with_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The rows a kernel reads when it steps ``stride`` elements between rows of ``x``'s buffer."""
+    rows, cols = x.shape
+    flat = x.as_strided((x.untyped_storage().nbytes() // x.element_size() - x.storage_offset(),), (1,))
+    return torch.stack([flat[r * stride: r * stride + cols] for r in range(rows)])
+
+
+def check_softmax_kernel(softmax_kernel) -> None:
+    """Task 2: softmax of each row (one program per row, ``BLOCK = next_power_of_2(n_cols)``)."""
+    name = "softmax_kernel"
+    # (rows, n_cols, scale, dtype): scale 100 gives logits in the hundreds — exp overflows fp32
+    cases = [(4, 7, 1.0, torch.float32), (3, 64, 2.0, torch.float32), (5, 100, 3.0, torch.float32),
+             (2, 33, 100.0, torch.float32), (3, 50, 2.0, torch.float16), (1, 1, 1.0, torch.float32)]
+    for i, (rows, n, scale, dtype) in enumerate(cases):
+        label = f"{name} (rows={rows}, n_cols={n}, {str(dtype).replace('torch.', '')})"
+        block = _next_pow2(n)
+        pad = 5
+        x = _filled(300 + i, (rows, n), dtype, scale=scale, pad=pad)
+        out, buf = _guarded((rows, n), dtype, block, float("nan"))
+        _launch(softmax_kernel, (rows,), out, x, x.stride(0), out.stride(0), n, name=name, BLOCK=block)
+        _expect_guard(label, out, buf, "unmasked tail (n_cols not a power of two): mask the store with "
+                                       "cols < n_cols")
+        want = torch.softmax(x.double(), -1).to(dtype)
+        got = out.detach().clone()
+        if not torch.isfinite(got).all():
+            if scale >= 100:
+                raise AssertionError(f"{label}: softmax not max-subtracted (overflow on large logits): "
+                                     "subtract tl.max(x, axis=0) before tl.exp")
+            raise AssertionError(f"{label}: NaN or inf in the output (is every column stored? is the "
+                                 "row maximum subtracted?)")
+        expect_close(label, got, want, mistakes={
+            "other=0 instead of -inf on masked softmax loads: the padding lanes add exp(0 − max) to the "
+            "sum; load with other=float('-inf')": _softmax_other_zero(x, block).to(dtype) if block > n else None,
+            "row offset uses n_cols instead of in_row_stride (rows of the input are in_row_stride "
+            "elements apart)": torch.softmax(_rows_with_stride(x, n).double(), -1).to(dtype) if rows > 1 else None,
+            "softmax over the wrong axis: normalise each row (axis=0 of the row block)":
+                torch.softmax(x.double(), 0).to(dtype),
+        })
+    passed("softmax_kernel", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 3
+def _flash_simulated(q, k, v, scale, causal, block_m, block_n, variant):
+    """The scaffold's block loop in float64 with a (possibly wrong) update; returns (O, LSE)."""
+    q, k, v = q.double(), k.double(), v.double()
+    BH, N, d = q.shape
+    O = torch.empty(BH, N, d, dtype=torch.float64)
+    L = torch.empty(BH, N, dtype=torch.float64)
+    cols_all = torch.arange(N)
+    for start_m in range(0, N, block_m):
+        rows = torch.arange(start_m, min(start_m + block_m, N))
+        qi = q[:, rows]
+        m = torch.full((BH, len(rows)), -math.inf, dtype=torch.float64)
+        l = torch.zeros(BH, len(rows), dtype=torch.float64)
+        acc = torch.zeros(BH, len(rows), d, dtype=torch.float64)
+        hi = min(start_m + block_m, N) if causal else N
+        for start_n in range(0, hi, block_n):
+            cols = cols_all[start_n: start_n + block_n]
+            s = (qi @ k[:, cols].transpose(-1, -2)) * scale
+            if causal:
+                s = s.masked_fill(rows[:, None] < cols[None, :], -math.inf)
+            vj = v[:, cols]
+            m_new = torch.maximum(m, s.amax(-1))
+            p = torch.exp(s - m_new[..., None])
+            alpha = torch.exp(m - m_new)
+            if variant == "no_rescale_acc":
+                l, acc = alpha * l + p.sum(-1), acc + p @ vj
+            elif variant == "no_rescale_l":
+                l, acc = l + p.sum(-1), alpha[..., None] * acc + p @ vj
+            elif variant == "normalize_inside":
+                l = alpha * l + p.sum(-1)
+                acc = (alpha[..., None] * acc + p @ vj) / l[..., None]
+            elif variant == "normalize_inside_fa1":
+                l_new = alpha * l + p.sum(-1)
+                acc = ((alpha * l)[..., None] * acc + p @ vj) / l_new[..., None]
+                l = l_new
+            elif variant == "m_not_updated":
+                l, acc = alpha * l + p.sum(-1), alpha[..., None] * acc + p @ vj
+                continue  # m is never set to m_new
+            else:
+                l, acc = alpha * l + p.sum(-1), alpha[..., None] * acc + p @ vj
+            m = m_new
+        O[:, rows] = acc / l[..., None]
+        L[:, rows] = m + torch.log(l)
+    return O, L
+
+
+def check_flash_inner(flash_fwd_kernel) -> None:
+    """Task 3: the scaffold's FlashAttention-2 forward with the student's (m, ℓ, acc) update."""
+    name = "flash_fwd_kernel"
+    # (BH, N, d, BLOCK_M, BLOCK_N, causal, dtype, scale of q)
+    cases = [(2, 40, 16, 16, 16, False, torch.float32, 1.0), (2, 40, 16, 16, 16, True, torch.float32, 1.0),
+             (1, 64, 32, 32, 16, True, torch.float32, 1.0), (1, 33, 16, 16, 16, False, torch.float32, 40.0),
+             (1, 48, 16, 32, 16, True, torch.float16, 1.0), (1, 1, 16, 16, 16, False, torch.float32, 1.0)]
+    dev = _device()
+    for i, (BH, N, d, bm, bn, causal, dtype, qs) in enumerate(cases):
+        label = f"{name} (N={N}, d={d}, BLOCK_M={bm}, BLOCK_N={bn}, {'causal' if causal else 'full'}, " \
+                f"{str(dtype).replace('torch.', '')})"
+        g = torch.Generator().manual_seed(400 + i)
+        q = (torch.randn(BH, N, d, generator=g) * qs).to(dtype)
+        k, v = (torch.randn(BH, N, d, generator=g).to(dtype) for _ in range(2))
+        scale = 1.0 / math.sqrt(d)
+        o, obuf = _guarded((BH * N, d), dtype, bm * d, float("nan"), row_pad=0)
+        lse, lbuf = _guarded((BH * N,), torch.float32, bm, float("nan"))
+        _launch(flash_fwd_kernel, (_cdiv(N, bm), BH), q.to(dev), k.to(dev), v.to(dev), o, lse, scale, N,
+                name=name, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, IS_CAUSAL=causal)
+        tail = "unmasked tail (N not a multiple of BLOCK_M): the scaffold's stores must keep offs_m < N"
+        _expect_guard(f"O of {label}", o, obuf, tail)
+        _expect_guard(f"LSE of {label}", lse, lbuf, tail)
+        got_o = o.detach().cpu().reshape(BH, N, d)
+        got_l = lse.detach().cpu().reshape(BH, N)
+        want_o = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
+        _, want_l = _flash_simulated(q, k, v, scale, causal, bm, bn, "right")
+        sim = {key: _flash_simulated(q, k, v, scale, causal, bm, bn, key) for key in
+               ("no_rescale_acc", "no_rescale_l", "normalize_inside", "normalize_inside_fa1", "m_not_updated")}
+        if not torch.isfinite(got_o).all() or not torch.isfinite(got_l).all():
+            if qs > 1:
+                raise AssertionError(f"{label}: softmax not max-subtracted (overflow on large logits): "
+                                     "use p = exp(s − m_new) with m_new = max(m_i, rowmax(s))")
+            if not torch.isfinite(got_l).all() and torch.isfinite(got_o).all():
+                raise AssertionError(f"{label}: LSE is not finite: m_i never updated — end the body with m_i = m_new")
+            raise AssertionError(f"{label}: NaN or inf in O or LSE (m_i, l_i and acc must all be carried "
+                                 "to the next iteration; is m_i = m_new set?)")
+        atol, rtol = (1e-4, 1e-4) if dtype == torch.float32 else (3e-3, 3e-3)
+        mistakes_o = {
+            "missing rescale of acc by exp(m_old − m_new): acc = acc · α + P·V": sim["no_rescale_acc"][0],
+            "missing rescale of ℓ by exp(m_old − m_new): l_i = l_i · α + rowsum(P)": sim["no_rescale_l"][0],
+            "normalizing inside the loop: keep acc unnormalised; the scaffold divides by ℓ once after the "
+            "loop": sim["normalize_inside"][0],
+            "normalizing inside the loop (the FlashAttention-1 update): in FA2 acc stays unnormalised "
+            "and is divided by ℓ once after the loop": sim["normalize_inside_fa1"][0],
+            "m_i never updated: end the body with m_i = m_new": sim["m_not_updated"][0],
+        }
+        expect_close(f"O of {label}", got_o.double(), want_o, mistakes=mistakes_o, atol=atol, rtol=rtol)
+        expect_close(f"LSE of {label}", got_l.double(), want_l, atol=1e-3, rtol=1e-4, mistakes={
+            "missing rescale of ℓ by exp(m_old − m_new): l_i = l_i · α + rowsum(P)": sim["no_rescale_l"][1],
+            "m_i never updated: end the body with m_i = m_new": sim["m_not_updated"][1],
+        })
+    passed("flash_inner", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 4
+def check_rms_norm_kernel(rms_norm_kernel) -> None:
+    """Task 4: ``y = x / sqrt(mean(x²) + eps) · w`` per row, compared with ``F.rms_norm``."""
+    name = "rms_norm_kernel"
+    cases = [(4, 8, 1e-6, 1.0, torch.float32), (3, 37, 1e-5, 1.0, torch.float32),
+             (5, 100, 0.1, 0.2, torch.float32), (2, 64, 1e-6, 1.0, torch.float16), (1, 1, 1e-6, 1.0, torch.float32)]
+    for i, (rows, n, eps, scale, dtype) in enumerate(cases):
+        label = f"{name} (rows={rows}, n_cols={n}, eps={eps:g}, {str(dtype).replace('torch.', '')})"
+        block = _next_pow2(n)
+        x = _filled(500 + i, (rows, n), dtype, scale=scale, pad=3)
+        w = _filled(600 + i, (n,), dtype, pad=block) * 0.5 + 1.0
+        w = w.contiguous()
+        out, buf = _guarded((rows, n), dtype, block, float("nan"))
+        _launch(rms_norm_kernel, (rows,), out, x, w, x.stride(0), out.stride(0), n, eps, name=name, BLOCK=block)
+        _expect_guard(label, out, buf, "unmasked tail (n_cols not a power of two): mask the store with "
+                                       "cols < n_cols")
+        xd, wd = x.double(), w.double()
+        want = F.rms_norm(xd, (n,), wd, eps=eps).to(dtype)
+        ms = xd.pow(2).mean(-1, keepdim=True)
+        expect_close(label, out.detach().clone(), want, mistakes={
+            "mean over BLOCK instead of n_cols: divide the sum of squares by n_cols (the masked lanes "
+            "are padding)": (xd / torch.sqrt(xd.pow(2).sum(-1, keepdim=True) / block + eps) * wd).to(dtype)
+            if block > n else None,
+            "eps added outside the square root: y = x / sqrt(mean(x²) + eps) · w":
+                (xd / (ms.sqrt() + eps) * wd).to(dtype),
+            "weight not applied: multiply by w": (xd / torch.sqrt(ms + eps)).to(dtype),
+            "divided by mean(x²) instead of its square root": (xd / (ms + eps) * wd).to(dtype),
+            "that is LayerNorm: RMSNorm does not subtract the mean":
+                F.layer_norm(xd, (n,), wd, None, eps).to(dtype) if n > 1 else None,
+            "row offset uses n_cols instead of in_row_stride (rows of the input are in_row_stride "
+            "elements apart)": F.rms_norm(_rows_with_stride(x, n).double(), (n,), wd, eps=eps).to(dtype)
+            if rows > 1 else None,
+        })
+    passed("rms_norm_kernel", len(cases))

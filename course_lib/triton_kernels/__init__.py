@@ -1,0 +1,68 @@
+"""Chapter 12 — kernels written in Triton: vector add, fused softmax, fused RMSNorm and the
+FlashAttention-2 forward pass.
+
+On a machine with a CUDA GPU the kernels are compiled and run on the GPU. Without one they run
+in Triton's **interpreter** (``TRITON_INTERPRET=1``), which executes every program instance in
+Python/NumPy on the CPU: the same kernel source, slow (about a millisecond per program
+instance) but good for learning and testing.
+
+.. important::
+
+   ``TRITON_INTERPRET`` must be set **before** ``triton`` is imported in the process (and in any
+   case before a kernel is decorated with ``@triton.jit``: that is when triton 3.x decides
+   between compiling and interpreting). Importing this package does it for you when no CUDA GPU
+   is present, so import it first::
+
+       from course_lib.triton_kernels import INTERPRETED   # sets TRITON_INTERPRET=1 on CPU
+       import triton                                      # only after the line above
+       import triton.language as tl
+
+   Nothing else in ``course_lib`` imports triton at module import time, so ``import course_lib``
+   never fixes the mode too early.
+
+Interpreter facts that shape the course (all checked in the chapter's notebook):
+
+* it is slow, so CPU sizes are small (a few hundred program instances at most);
+* its ``tl.dot`` on ``bfloat16`` is silently wrong (NumPy has no bf16): use fp32 or fp16 on CPU —
+  and Colab's free T4 (sm_75) has no bf16 tensor cores either;
+* an unmasked out-of-bounds load does not fault: it reads whatever lies in memory there.
+
+Exposes ``INTERPRETED`` (bool) and ``DEVICE`` (where kernel inputs must live: ``cpu`` when
+interpreted, ``cuda`` when compiled), plus the kernels' Python wrappers:
+
+* :func:`add` (``vector_add``), :func:`softmax` (``softmax``), :func:`rms_norm` (``rmsnorm``),
+  :func:`flash_attention_forward` (``flash``); ``python -m course_lib.triton_kernels.bench``
+  benchmarks them on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import torch
+
+_TRUE = ("1", "true", "on", "yes")
+
+if not torch.cuda.is_available():
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "").lower() not in _TRUE:
+        warnings.warn(
+            "triton was imported before course_lib.triton_kernels on a machine without a GPU: "
+            "set TRITON_INTERPRET=1 before importing triton (import course_lib.triton_kernels first)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    os.environ["TRITON_INTERPRET"] = "1"
+
+#: True when kernels run in Triton's interpreter on the CPU, False when they are compiled for a GPU.
+INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
+#: The device kernel inputs must live on.
+DEVICE: torch.device = torch.device("cpu" if INTERPRETED else "cuda")
+
+from course_lib.triton_kernels.vector_add import add  # noqa: E402
+from course_lib.triton_kernels.softmax import softmax  # noqa: E402
+from course_lib.triton_kernels.rmsnorm import rms_norm  # noqa: E402
+from course_lib.triton_kernels.flash import flash_attention_forward  # noqa: E402
+
+__all__ = ["INTERPRETED", "DEVICE", "add", "softmax", "rms_norm", "flash_attention_forward"]

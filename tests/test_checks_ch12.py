@@ -1,0 +1,249 @@
+"""The Exercise 12 checks pass the reference kernels and name the likely mistake otherwise.
+
+Each wrong answer is the reference kernel's source with one typical mistake edited in; the
+kernels are written to a temporary module and imported, so ``@triton.jit`` finds their source
+(as it does for a notebook cell). triton comes in through course_lib.triton_kernels, which sets
+TRITON_INTERPRET=1 first on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from course_lib.grading import ch12
+from course_lib.triton_kernels import INTERPRETED  # noqa: F401  (before triton)
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow in the wrong kernels
+
+HEADER = "import triton\nimport triton.language as tl\n\n\n"
+_DIR = Path(tempfile.mkdtemp(prefix="ch12_kernels_"))
+_COUNT = itertools.count()
+
+AXPY = '''
+@triton.jit
+def kernel(x_ptr, y_ptr, out_ptr, a, n, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offsets = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    x = tl.load(x_ptr + offsets, mask=mask)
+    y = tl.load(y_ptr + offsets, mask=mask)
+    tl.store(out_ptr + offsets, tl.maximum(a * x + y, 0.0), mask=mask)
+'''
+
+SOFTMAX = '''
+@triton.jit
+def kernel(out_ptr, in_ptr, in_row_stride, out_row_stride, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(in_ptr + row * in_row_stride + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    x = x - tl.max(x, axis=0)
+    num = tl.exp(x)
+    y = num / tl.sum(num, axis=0)
+    tl.store(out_ptr + row * out_row_stride + cols, y, mask=mask)
+'''
+
+FLASH = '''
+@triton.jit
+def kernel(Q, K, V, O, LSE, sm_scale, N,
+           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    base = bh * N * HEAD_DIM
+    q = tl.load(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < N, other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if IS_CAUSAL:
+        hi = tl.minimum((start_m + 1) * BLOCK_M, N)
+    else:
+        hi = N
+    for start_n in range(0, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = tl.load(K + base + cols[None, :] * HEAD_DIM + offs_d[:, None], mask=cols[None, :] < N, other=0.0)
+        v = tl.load(V + base + cols[:, None] * HEAD_DIM + offs_d[None, :], mask=cols[:, None] < N, other=0.0)
+        s = tl.dot(q, k) * sm_scale
+        keep = cols[None, :] < N
+        if IS_CAUSAL:
+            keep = keep & (offs_m[:, None] >= cols[None, :])
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(LSE + bh * N + offs_m, m_i + tl.log(l_i), mask=offs_m < N)
+    tl.store(O + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=offs_m[:, None] < N)
+'''
+
+RMS = '''
+@triton.jit
+def kernel(out_ptr, in_ptr, w_ptr, in_row_stride, out_row_stride, n_cols, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(in_ptr + row * in_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x * tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps) * w
+    tl.store(out_ptr + row * out_row_stride + cols, y, mask=mask)
+'''
+
+STUB_BODY = '    # YOUR CODE HERE\n    raise NotImplementedError("fill in this answer")\n'
+
+
+def jit(source: str, *edits: tuple[str, str]):
+    """The kernel ``source`` with each ``(old, new)`` edit applied, jitted from a real file."""
+    for old, new in edits:
+        assert old in source, old
+        source = source.replace(old, new)
+    path = _DIR / f"k{next(_COUNT)}.py"
+    path.write_text(HEADER + source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.kernel
+
+
+def stubbed(source: str, first_line: str):
+    """The reference kernel with everything from ``first_line`` on replaced by the exercise stub."""
+    head = source[: source.index(first_line)]
+    return jit(head + STUB_BODY)
+
+
+def plain_function(*args, **kwargs):
+    return None
+
+
+# ----------------------------------------------------------------------------- task 1
+def test_axpy_relu_passes(capsys):
+    ch12.check_axpy_relu(jit(AXPY))
+    assert capsys.readouterr().out == "✓ axpy_relu: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda: stubbed(AXPY, "    pid = "), "axpy_relu_kernel is not implemented yet"),
+    (lambda: plain_function, "expected a @triton.jit kernel"),
+    (lambda: jit(AXPY, ("tl.store(out_ptr + offsets, tl.maximum(a * x + y, 0.0), mask=mask)",
+                        "tl.store(out_ptr + offsets, tl.maximum(a * x + y, 0.0))")),
+     r"unmasked tail \(n not a multiple of BLOCK\)"),
+    (lambda: jit(AXPY, ("tl.maximum(a * x + y, 0.0)", "a * x + y")), "ReLU missing"),
+    (lambda: jit(AXPY, ("tl.maximum(a * x + y, 0.0)", "tl.maximum(x + a * y, 0.0)")), "a multiplies y instead of x"),
+    (lambda: jit(AXPY, ("offsets = pid * BLOCK + tl.arange(0, BLOCK)", "offsets = tl.arange(0, BLOCK)")),
+     "only the first block was written"),
+    (lambda: jit(AXPY, ("tl.maximum(a * x + y, 0.0)", "tl.maximum(a * x + y, 0.0) + 1")), "wrong values"),
+])
+def test_axpy_relu_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch12.check_axpy_relu(wrong())
+
+
+# ----------------------------------------------------------------------------- task 2
+def test_softmax_kernel_passes(capsys):
+    ch12.check_softmax_kernel(jit(SOFTMAX))
+    assert capsys.readouterr().out == "✓ softmax_kernel: all 6 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda: stubbed(SOFTMAX, "    row = "), "softmax_kernel is not implemented yet"),
+    (lambda: jit(SOFTMAX, ("    x = x - tl.max(x, axis=0)\n", "")),
+     r"softmax not max-subtracted \(overflow on large logits\)"),
+    (lambda: jit(SOFTMAX, ('other=float("-inf")', "other=0.0")), "other=0 instead of -inf on masked softmax loads"),
+    (lambda: jit(SOFTMAX, ("y, mask=mask)", "y)")), r"unmasked tail \(n_cols not a power of two\)"),
+    (lambda: jit(SOFTMAX, ("in_ptr + row * in_row_stride", "in_ptr + row * n_cols")),
+     "row offset uses n_cols instead of in_row_stride"),
+    (lambda: jit(SOFTMAX, ("y = num / tl.sum(num, axis=0)", "y = num / (tl.sum(num, axis=0) + 1e-3)")),
+     "wrong values"),
+])
+def test_softmax_kernel_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch12.check_softmax_kernel(wrong())
+
+
+# ----------------------------------------------------------------------------- task 3
+UPDATE = "        m_new = tl.maximum(m_i, tl.max(s, 1))\n"
+
+
+@pytest.fixture(scope="module")
+def flash_stub():
+    # the exercise's stub: the scaffold with the update body replaced by `raise NotImplementedError`
+    head, tail = FLASH.split(UPDATE)
+    tail = tail[tail.index("    acc = acc / l_i"):]
+    return jit(head + STUB_BODY.replace("    ", "        ") + tail)
+
+
+def test_flash_inner_passes(capsys):
+    ch12.check_flash_inner(jit(FLASH))
+    assert capsys.readouterr().out == "✓ flash_inner: all 6 cases passed\n"
+
+
+def test_flash_inner_stub_is_not_implemented(flash_stub):
+    with pytest.raises(AssertionError, match="flash_fwd_kernel is not implemented yet"):
+        ch12.check_flash_inner(flash_stub)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("acc = acc * alpha[:, None] + tl.dot", "acc = acc + tl.dot"), r"missing rescale of acc by exp\(m_old − m_new\)"),
+    (("l_i = l_i * alpha + tl.sum(p, 1)", "l_i = l_i + tl.sum(p, 1)"), r"missing rescale of ℓ by exp\(m_old − m_new\)"),
+    (("        m_i = m_new\n", "        m_i = m_new\n        acc = acc / l_i[:, None]\n"), "normalizing inside the loop"),
+    (("        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)\n",
+      "        acc = (acc * (l_i - tl.sum(p, 1))[:, None] + tl.dot(p.to(v.dtype), v)) / l_i[:, None]\n"),
+     "normalizing inside the loop"),
+    (("        m_i = m_new\n", ""), "m_i never updated"),
+    (("""        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+""", """        p = tl.exp(s)
+        l_i = l_i + tl.sum(p, 1)
+        acc = acc + tl.dot(p.to(v.dtype), v)
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+"""), r"softmax not max-subtracted \(overflow on large logits\)"),
+    (("tl.exp(s - m_new[:, None])", "tl.exp(s - m_new[:, None]) * 1.01"), "wrong values"),
+])
+def test_flash_inner_names_the_mistake(edit, message):
+    wrong = jit(FLASH, edit)
+    with pytest.raises(AssertionError, match=message):
+        ch12.check_flash_inner(wrong)
+
+
+def test_flash_inner_catches_an_unmasked_store():
+    wrong = jit(FLASH, ("acc, mask=offs_m[:, None] < N)", "acc)"))
+    with pytest.raises(AssertionError, match=r"unmasked tail \(N not a multiple of BLOCK_M\)"):
+        ch12.check_flash_inner(wrong)
+
+
+# ----------------------------------------------------------------------------- task 4
+def test_rms_norm_kernel_passes(capsys):
+    ch12.check_rms_norm_kernel(jit(RMS))
+    assert capsys.readouterr().out == "✓ rms_norm_kernel: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda: stubbed(RMS, "    row = "), "rms_norm_kernel is not implemented yet"),
+    (lambda: jit(RMS, ("/ n_cols", "/ BLOCK")), "mean over BLOCK instead of n_cols"),
+    (lambda: jit(RMS, ("y = x * tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps) * w",
+                       "y = x / (tl.sqrt(tl.sum(x * x, axis=0) / n_cols) + eps) * w")), "eps added outside the square root"),
+    (lambda: jit(RMS, (" + eps) * w", " + eps)")), "weight not applied"),
+    (lambda: jit(RMS, ("tl.rsqrt(", "1.0 / (")), r"divided by mean\(x²\) instead of its square root"),
+    (lambda: jit(RMS, ("y, mask=mask)", "y)")), r"unmasked tail \(n_cols not a power of two\)"),
+    (lambda: jit(RMS, ("in_ptr + row * in_row_stride", "in_ptr + row * n_cols")),
+     "row offset uses n_cols instead of in_row_stride"),
+    (lambda: jit(RMS, ("    y = x * tl.rsqrt(",
+                       "    x = tl.where(mask, x - tl.sum(x, axis=0) / n_cols, 0.0)\n    y = x * tl.rsqrt(")),
+     "that is LayerNorm"),
+])
+def test_rms_norm_kernel_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch12.check_rms_norm_kernel(wrong())
