@@ -1,0 +1,289 @@
+"""course_lib.model: the decoder LM is causal, padding-invariant, and MHA/GQA/MQA mean what they say."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib.attention import scaled_dot_product_attention
+from course_lib.masks import causal_mask, combine_masks, padding_mask
+from course_lib.model import (
+    CausalSelfAttention,
+    DecoderLM,
+    ModelConfig,
+    attention_mask_from_indices,
+    count_parameters,
+    positions_from_mask,
+)
+from course_lib.sparse import sliding_window_mask
+
+ATOL = 2e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models decode faster on one thread (no OpenMP hand-offs per small op); restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(vocab_size=37, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def model_for(cfg: ModelConfig, seed: int = 0) -> DecoderLM:
+    torch.manual_seed(seed)
+    m = DecoderLM(cfg).eval()
+    with torch.no_grad():  # non-zero biases, so that they are tested too
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return m
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(vocab_size=0), r"vocab_size: expected a positive int; got 0"),
+        (dict(d_model=30, n_heads=4), r"n_heads: expected a divisor of d_model = 30; got 4"),
+        (dict(n_kv_heads=3), r"n_kv_heads: expected a divisor of n_heads = 4 .*; got 3"),
+        (dict(n_kv_heads=0), r"n_kv_heads: expected None or a positive int; got 0"),
+        (dict(n_kv_heads=8), r"n_kv_heads: expected a divisor of n_heads = 4"),
+        (dict(pos_encoding="rotary"), r"pos_encoding: expected one of .*'learned'.*; got 'rotary'"),
+        (dict(window=0), r"window: expected None or a positive int; got 0"),
+        (dict(dropout=1.0), r"dropout: expected a probability in \[0, 1\); got 1.0"),
+        (dict(d_ff=-1), r"d_ff: expected None or a positive int; got -1"),
+        (dict(n_layers=True), r"n_layers: expected a positive int; got True"),
+    ],
+)
+def test_config_validation(kw, message):
+    with pytest.raises(ValueError, match=message):
+        small(**kw)
+
+
+def test_config_resolved_fields():
+    cfg = small(n_heads=8, n_kv_heads=2)
+    assert (cfg.head_dim, cfg.kv_heads, cfg.n_rep, cfg.ffn_dim) == (4, 2, 4, 128)
+    assert small().kv_heads == 4 and small().n_rep == 1
+
+
+# ----------------------------------------------------------------------------- parameter counts
+def test_parameter_count_by_hand():
+    # V=10, d=8, h=2 (d_h=4), h_kv=1, L=1, max_seq_len=4, d_ff=16, biases, tied head:
+    # embeddings 80 + positions 32 + block [q 64 + k 32 + v 32 + o 64, biases 8+4+4+8,
+    # ffn 128+128 + 16+8, two LayerNorms 32] + final LayerNorm 16 = 656
+    cfg = ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1, max_seq_len=4, d_ff=16)
+    assert DecoderLM(cfg).num_parameters() == 656 == count_parameters(cfg)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(), dict(n_kv_heads=2), dict(n_kv_heads=1), dict(bias=False), dict(tie_embeddings=False),
+    dict(pos_encoding="none"), dict(d_ff=48, n_layers=3),
+])
+def test_parameter_count_formula(kw):
+    cfg = small(**kw)
+    assert DecoderLM(cfg).num_parameters() == count_parameters(cfg)
+
+
+def test_gqa_saves_only_kv_parameters():
+    mha, mqa = small(), small(n_kv_heads=1)
+    d, L, h, dh = mha.d_model, mha.n_layers, mha.n_heads, mha.head_dim
+    # K and V each lose (h − 1)·d_h output rows: weights d·(h−1)·d_h and biases (h−1)·d_h
+    assert count_parameters(mha) - count_parameters(mqa) == L * 2 * (d + 1) * (h - 1) * dh
+
+
+def test_tied_head():
+    m = DecoderLM(small())
+    assert m.lm_head.weight is m.tok_emb.weight
+    assert DecoderLM(small(tie_embeddings=False)).lm_head.weight is not DecoderLM(small()).tok_emb.weight
+
+
+# ----------------------------------------------------------------------------- masks and positions
+def test_positions_from_mask():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    want = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]])
+    assert torch.equal(positions_from_mask(mask), want)
+
+
+@given(T=st.integers(1, 12), lens=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+       window=st.one_of(st.none(), st.integers(1, 6)))
+def test_mask_from_indices_equals_course_masks(T, lens, window):
+    lens = [min(n, T) for n in lens]
+    idx = torch.arange(T)
+    key_valid = padding_mask(lens, T, side="left")[:, 0, 0, :]
+    got = attention_mask_from_indices(idx, idx, key_valid, window)
+    base = causal_mask(T) if window is None else sliding_window_mask(T, window)
+    want = combine_masks(padding_mask(lens, T, side="left"), base)
+    real_q = key_valid[:, None, :, None]                 # rows of real queries must agree exactly
+    assert torch.equal(got & real_q, want & real_q)
+    assert got.any(-1).all()                             # no fully masked row, padded queries included
+
+
+# ----------------------------------------------------------------------------- attention
+def reference_attention(attn: CausalSelfAttention, x: torch.Tensor, window=None) -> torch.Tensor:
+    """Loop over query heads with course_lib.attention; head i reads K/V head i // n_rep."""
+    B, T, D = x.shape
+    h, hkv, dh = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q = attn.q_proj(x).view(B, T, h, dh).transpose(1, 2)
+    k = attn.k_proj(x).view(B, T, hkv, dh).transpose(1, 2)
+    v = attn.v_proj(x).view(B, T, hkv, dh).transpose(1, 2)
+    mask = causal_mask(T) if window is None else sliding_window_mask(T, window)
+    heads = [scaled_dot_product_attention(q[:, i], k[:, i // (h // hkv)], v[:, i // (h // hkv)], mask)
+             for i in range(h)]
+    return attn.o_proj(torch.stack(heads, 1).transpose(1, 2).reshape(B, T, D))
+
+
+@pytest.mark.parametrize("kv", [4, 2, 1])
+@pytest.mark.parametrize("window", [None, 3])
+def test_attention_matches_reference(kv, window):
+    cfg = small(n_kv_heads=kv, window=window)
+    torch.manual_seed(1)
+    attn = CausalSelfAttention(cfg).eval()
+    x = torch.randn(2, 9, cfg.d_model)
+    pos = torch.arange(9).expand(2, 9)
+    torch.testing.assert_close(attn(x, pos), reference_attention(attn, x, window), atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kv", [2, 1])
+def test_gqa_matches_torch_enable_gqa(kv):
+    if "enable_gqa" not in F.scaled_dot_product_attention.__doc__:
+        pytest.skip("this torch has no enable_gqa")
+    cfg = small(n_kv_heads=kv)
+    torch.manual_seed(2)
+    attn = CausalSelfAttention(cfg).eval()
+    x = torch.randn(3, 7, cfg.d_model)
+    B, T, _ = x.shape
+    q = attn.q_proj(x).view(B, T, 4, cfg.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(B, T, kv, cfg.head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(B, T, kv, cfg.head_dim).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    want = attn.o_proj(o.transpose(1, 2).reshape(B, T, cfg.d_model))
+    torch.testing.assert_close(attn(x, torch.arange(T).expand(B, T)), want, atol=ATOL, rtol=1e-4)
+
+
+def expand_kv_to_mha(gqa: DecoderLM) -> DecoderLM:
+    """An MHA model whose K/V heads are copies of the GQA heads: head i ← K/V head i // n_rep."""
+    cfg = dataclasses.replace(gqa.config, n_kv_heads=None)
+    mha = DecoderLM(cfg).eval()
+    state = gqa.state_dict()
+    r, dh = gqa.config.n_rep, cfg.head_dim
+    for name, t in list(state.items()):
+        if any(s in name for s in ("k_proj", "v_proj")):
+            heads = t.reshape(gqa.config.kv_heads, dh, *t.shape[1:])
+            state[name] = heads.repeat_interleave(r, dim=0).reshape(cfg.n_heads * dh, *t.shape[1:])
+    mha.load_state_dict(state)
+    return mha
+
+
+@pytest.mark.parametrize("kv", [1, 2])
+def test_gqa_is_mha_with_shared_kv_heads(kv):
+    """MQA (kv=1) and GQA (kv=2): query heads of a group share one K/V head, consecutively."""
+    gqa = model_for(small(n_kv_heads=kv))
+    mha = expand_kv_to_mha(gqa)
+    ids = torch.randint(37, (2, 11), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(gqa(ids), mha(ids), atol=ATOL, rtol=1e-4)
+
+
+def test_n_kv_heads_equal_n_heads_is_mha():
+    a, b = model_for(small()), model_for(small(n_kv_heads=4))
+    ids = torch.randint(37, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a(ids), b(ids))
+
+
+# ----------------------------------------------------------------------------- the model
+@pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=2), dict(n_kv_heads=1), dict(window=3),
+                                dict(pos_encoding="none")])
+def test_causal_no_leak(kw):
+    m = model_for(small(**kw))
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(37, (2, 12), generator=g)
+    changed = ids.clone()
+    changed[:, 7:] = torch.randint(37, (2, 5), generator=g)
+    a, b = m(ids), m(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], atol=ATOL, rtol=1e-4)
+    assert not torch.allclose(a[:, 7:], b[:, 7:], atol=1e-3)     # the future did change
+
+
+def test_window_limits_the_receptive_field():
+    """One layer with window 3: the logits at t depend on tokens t−2 … t only."""
+    m = model_for(small(n_layers=1, window=3))
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(37, (1, 10), generator=g)
+    changed = ids.clone()
+    changed[0, 2] = (ids[0, 2] + 1) % 37
+    d = (m(ids) - m(changed)).abs().amax(-1)[0]
+    assert (d[:2] < 1e-6).all() and (d[2:5] > 1e-4).all() and (d[5:] < 1e-6).all()
+
+
+def test_large_window_is_full_attention():
+    a, b = model_for(small()), model_for(small(window=32))
+    ids = torch.randint(37, (2, 12), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a(ids), b(ids), atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=1), dict(window=4), dict(pos_encoding="none")])
+def test_left_padding_gives_the_logits_of_each_prompt_alone(kw):
+    m = model_for(small(**kw))
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(2, 37, (n,), generator=g) for n in (9, 3, 6, 1)]
+    P = 9
+    ids = torch.zeros(len(prompts), P, dtype=torch.long)
+    mask = torch.zeros(len(prompts), P, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p):], mask[b, P - len(p):] = p, 1
+    batched = m(ids, attention_mask=mask)
+    assert torch.isfinite(batched).all()
+    for b, p in enumerate(prompts):
+        alone = m(p[None])
+        torch.testing.assert_close(batched[b, P - len(p):], alone[0], atol=ATOL, rtol=1e-4)
+
+
+def test_explicit_positions_equal_default():
+    m = model_for(small())
+    ids = torch.randint(37, (2, 6), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(m(ids), m(ids, position_ids=torch.arange(6).expand(2, 6)))
+    assert torch.equal(m(ids), m(ids, attention_mask=torch.ones(2, 6, dtype=torch.long)))
+
+
+def test_model_bad_input():
+    m = DecoderLM(small(max_seq_len=8))
+    with pytest.raises(ValueError, match=r"input_ids: expected 2 dimensions; got shape \(5,\)"):
+        m(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input_ids: expected an integer dtype"):
+        m(torch.zeros(1, 5))
+    with pytest.raises(ValueError, match=r"attention_mask: expected shape \(B, past \+ T\) = \(1, 5\)"):
+        m(torch.zeros(1, 5, dtype=torch.long), attention_mask=torch.ones(1, 4))
+    with pytest.raises(ValueError, match=r"position_ids: expected positions < max_seq_len = 8; got 8"):
+        m(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"position_ids: expected shape \(B, T\) = \(1, 5\)"):
+        m(torch.zeros(1, 5, dtype=torch.long), position_ids=torch.arange(4)[None])
+    with pytest.raises(ValueError, match=r"config: expected a ModelConfig"):
+        DecoderLM(dict(vocab_size=3))
+
+
+def test_backward_and_dropout_train_mode():
+    m = DecoderLM(small(dropout=0.1)).train()
+    ids = torch.randint(37, (2, 10), generator=torch.Generator().manual_seed(0))
+    loss = F.cross_entropy(m(ids)[:, :-1].reshape(-1, 37), ids[:, 1:].reshape(-1))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    m.eval()
+    assert torch.equal(m(ids), m(ids))
+
+
+@settings(max_examples=15)
+@given(B=st.integers(1, 3), T=st.integers(1, 10), kv=st.sampled_from([1, 2, 4]))
+def test_output_shape(B, T, kv):
+    m = model_for(small(n_kv_heads=kv, n_layers=1))
+    out = m(torch.randint(37, (B, T)))
+    assert out.shape == (B, T, 37) and torch.isfinite(out).all()
