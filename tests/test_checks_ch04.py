@@ -1,0 +1,156 @@
+"""The Exercise 4 checks pass the reference answers and name the likely mistake otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.grading import ch04
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError("fill in this answer")
+
+
+# ----------------------------------------------------------------------------- task 1
+def update_ok(k_cache, v_cache, pos, k, v, *, shift=0, advance=None, swap=False, last_only=False, copy=False):
+    T = k.shape[2]
+    if swap:
+        k, v = v, k
+    if last_only:
+        k, v = k[:, :, -1:], v[:, :, -1:]
+        at = pos + T - 1
+        k_cache[:, :, at:at + 1], v_cache[:, :, at:at + 1] = k, v
+        return pos + T
+    if copy:
+        k_cache = torch.cat([k_cache, k], 2)
+        return pos + T
+    at = pos + shift
+    k_cache[:, :, at:at + T] = k[:, :, : k_cache.shape[2] - at]
+    v_cache[:, :, at:at + T] = v[:, :, : v_cache.shape[2] - at]
+    return pos + (T if advance is None else advance(T))
+
+
+def test_cache_update_passes(capsys):
+    ch04.check_cache_update(update_ok)
+    assert capsys.readouterr().out == "✓ cache_update: all 6 cases passed\n"
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (stub, "cache_update is not implemented yet"),
+        (lambda *a: update_ok(*a, advance=lambda T: 0), "positions not advanced"),
+        (lambda *a: update_ok(*a, advance=lambda T: 1), "position advanced by one"),
+        (lambda *a: update_ok(*a, shift=1), r"cache written at the wrong index \(off by one\)"),
+        (lambda kc, vc, pos, k, v: update_ok(kc, vc, pos, k, v, shift=-1 if pos else 1), "off by one"),
+        (lambda *a: update_ok(*a, swap=True), "k and v swapped"),
+        (lambda *a: update_ok(*a, copy=True), "the caches were not modified"),
+        (lambda *a: update_ok(*a, last_only=True), "only one of the T = 5 new tokens"),
+        (lambda *a: update_ok(*a) and None, "the returned position: expected a number"),
+    ],
+)
+def test_cache_update_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch04.check_cache_update(wrong)
+
+
+# ----------------------------------------------------------------------------- task 2
+def test_repeat_kv_passes(capsys):
+    ch04.check_repeat_kv(lambda x, n: x[:, :, None].expand(-1, -1, n, -1, -1).flatten(1, 2))
+    assert capsys.readouterr().out == "✓ repeat_kv: all 6 cases passed\n"
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (stub, "repeat_kv is not implemented yet"),
+        (lambda x, n: x.repeat(1, n, 1, 1), r"heads repeated in the wrong order \(repeat vs repeat_interleave\)"),
+        (lambda x, n: torch.repeat_interleave(x, n, dim=2), "repeated along the sequence dimension"),
+        (lambda x, n: torch.repeat_interleave(x, n, dim=3), "repeated along head_dim"),
+        (lambda x, n: x, "expected shape"),
+        (lambda x, n: torch.repeat_interleave(x, n, dim=1) + 1, "wrong values"),
+    ],
+)
+def test_repeat_kv_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch04.check_repeat_kv(wrong)
+
+
+# ----------------------------------------------------------------------------- task 3
+def bytes_ok(L, h, hkv, d, tokens, batch, nbytes):
+    return 2 * L * hkv * d * tokens * batch * nbytes
+
+
+def test_kv_cache_bytes_passes(capsys):
+    ch04.check_kv_cache_bytes(bytes_ok)
+    assert capsys.readouterr().out == "✓ kv_cache_bytes: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (stub, "kv_cache_bytes is not implemented yet"),
+        (lambda L, h, hkv, d, t, b, n: L * hkv * d * t * b * n, "forgot the factor 2 for K and V"),
+        (lambda L, h, hkv, d, t, b, n: 2 * L * h * d * t * b * n, "used n_heads instead of n_kv_heads"),
+        (lambda L, h, hkv, d, t, b, n: 2 * L * hkv * d * t * b, "counted elements, not bytes"),
+        (lambda L, h, hkv, d, t, b, n: 2 * L * hkv * d * t * n, "forgot the batch"),
+        (lambda L, h, hkv, d, t, b, n: 2 * hkv * d * t * b * n, "forgot n_layers"),
+        (lambda L, h, hkv, d, t, b, n: L * h * d * t * b * n, "used n_heads instead of n_kv_heads and forgot the factor 2"),
+        (lambda L, h, hkv, d, t, b, n: 3 * L * hkv * d * t * b * n, "expected 192000 bytes"),
+        (lambda *a: "2 GiB", "expected a number"),
+    ],
+)
+def test_kv_cache_bytes_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch04.check_kv_cache_bytes(wrong)
+
+
+# ----------------------------------------------------------------------------- task 4
+def decode_ok(attn, x_new, k_cache, v_cache, pos, *, write_at=None, see=None, tile=False, scale=None,
+              o_proj=True, write=True, through=None):
+    B = x_new.shape[0]
+    h, hkv, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q = attn.q_proj(x_new).view(B, 1, h, d).transpose(1, 2)
+    k = attn.k_proj(x_new).view(B, 1, hkv, d).transpose(1, 2)
+    v = attn.v_proj(x_new).view(B, 1, hkv, d).transpose(1, 2)
+    at = pos if write_at is None else write_at
+    if write:
+        k_cache[:, :, at:at + 1], v_cache[:, :, at:at + 1] = k, v
+        keys, values = k_cache[:, :, : (pos + 1 if through is None else through)], v_cache[:, :, : (pos + 1 if through is None else through)]
+    else:
+        keys, values = torch.cat([k_cache[:, :, :pos], k], 2), torch.cat([v_cache[:, :, :pos], v], 2)
+    if see == "past":
+        keys, values = k_cache[:, :, :pos], v_cache[:, :, :pos]
+    rep = (lambda t: t.repeat(1, h // hkv, 1, 1)) if tile else (lambda t: torch.repeat_interleave(t, h // hkv, 1))
+    out = F.scaled_dot_product_attention(q, rep(keys), rep(values), scale=scale)
+    out = out.transpose(1, 2).reshape(B, 1, h * d)
+    return attn.o_proj(out) if o_proj else out
+
+
+def test_decode_step_passes(capsys):
+    ch04.check_decode_step(decode_ok)
+    assert capsys.readouterr().out == "✓ decode_step: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (stub, "decode_step is not implemented yet"),
+        (lambda *a: decode_ok(*a, through=a[2].shape[2]), "attended over the whole preallocated cache"),
+        (lambda a, x, kc, vc, pos: decode_ok(a, x, kc, vc, pos, write_at=pos + 1, through=pos + 2),
+         r"cache written at the wrong index \(off by one\)"),
+        (lambda *a: decode_ok(*a, write=False), "the new key and value were not written into the caches"),
+        (lambda a, x, kc, vc, pos: decode_ok(a, x, kc, vc, pos, see="past") if pos else decode_ok(a, x, kc, vc, pos),
+         "the new token does not see itself"),
+        (lambda *a: decode_ok(*a, tile=True), r"heads repeated in the wrong order \(repeat vs repeat_interleave\)"),
+        (lambda a, *r: decode_ok(a, *r, scale=1 / a.head_dim), "scaled by 1/head_dim"),
+        (lambda a, *r: decode_ok(a, *r, scale=1.0), "scores not scaled"),
+        (lambda *a: decode_ok(*a, o_proj=False), "the output projection o_proj is missing"),
+        (lambda *a: decode_ok(*a)[:, 0], "expected shape"),
+    ],
+)
+def test_decode_step_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch04.check_decode_step(wrong)
