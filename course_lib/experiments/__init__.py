@@ -1,0 +1,11 @@
+"""Experiments that take longer than a chapter's time budget, run as commands.
+
+Each module is runnable with ``python -m course_lib.experiments.<name>`` (``--help`` lists its
+options), saves its numbers, the exact command, the settings, the torch version, the machine and
+the wall time to ``course_lib/experiments/results/<name>.json`` (and a figure next to it), and
+offers a ``--quick`` mode with tiny sizes that the tests and the chapters run.
+
+* ``extrapolation`` — Chapter 6: small decoders that differ only in the position scheme, trained
+  at one context length and evaluated at 1×, 2×, 4×, 8× that length; then RoPE extended by
+  position interpolation vs plain extension.
+"""
