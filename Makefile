@@ -49,11 +49,12 @@ exercises: setup  ## regenerate exercises/ from solutions/ (never edit exercises
 grade: setup  ## autograde NB=path (a notebook or a folder; default: every exercise)
 	$(BIN)/python -m course_lib.grade $(NB)
 
-# make test: (1) course_lib against torch, notebooks executed once into the book's execution
+# make test: the pytest workers (and the kernels they start) get one torch thread each, since
+# JOBS workers share the cores; (1) course_lib against torch, notebooks executed once into the book's execution
 # cache, solutions graded strictly (their nbval run), exercises graded, sync and tampering;
 # (2) the book built from that cache with zero warnings; (3) headless Chromium on the book.
 test: setup chromium  ## everything: library, notebooks, grading, book build, browser
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not browser" tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not browser" tests
 	$(BUILD_BOOK)
 	$(BIN)/python -m pytest -m browser tests/test_book.py
 

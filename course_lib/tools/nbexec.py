@@ -109,6 +109,9 @@ def run_many(paths: list[str], *, jobs: int = 2, force: bool = False, inplace: b
              timeout: int = DEFAULT_TIMEOUT) -> list[Result]:
     if jobs <= 1 or len(paths) <= 1:
         return [run_one(p, force, inplace, timeout) for p in paths]
+    # Kernels running side by side share the cores: torch's default of one thread per core in
+    # every kernel oversubscribes them, and thousands of small ops then run several times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(run_one, p, force, inplace, timeout) for p in paths]
         return [f.result() for f in futures]
