@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,3 +22,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "course"))
 
 def notebooks(folder: str) -> list[Path]:
     return sorted((ROOT / folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread per test process, restored after each module.
+
+    The tests run many tiny tensor ops (tiles, experts, decoding steps); with `pytest -n 2` on a
+    2-core machine a thread per core in each worker only adds hand-off overhead (5–10× slower).
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def stub(*args, **kwargs):
+    """An unfilled exercise answer, as the generated exercise has it."""
+    raise NotImplementedError("fill in this answer")

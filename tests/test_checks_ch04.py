@@ -7,10 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.grading import ch04
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("fill in this answer")
+from conftest import stub
 
 
 # ----------------------------------------------------------------------------- task 1

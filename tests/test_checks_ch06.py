@@ -8,10 +8,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch06
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("fill in this answer")
+from conftest import stub
 
 
 # ----------------------------------------------------------------------------- task 1

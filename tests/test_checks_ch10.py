@@ -6,10 +6,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch10
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError("fill in this answer")
+from conftest import stub
 
 
 def ij(n):

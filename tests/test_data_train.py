@@ -10,15 +10,6 @@ from course_lib.data import STDLIB_FILES, CharCorpus, CharTokenizer, corpus_fing
 TEXT = "def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread (no OpenMP hand-offs per small op); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- tokenizer
 def test_tokenizer_vocab_order_and_roundtrip():
     tok = CharTokenizer.from_text("cab\nba")

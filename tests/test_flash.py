@@ -31,15 +31,6 @@ from course_lib.flash import (
     standard_attention_io,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the tiled loops run many tiny ops; on a shared 2-core machine intra-op threads only add overhead
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=2e-5, rtol=1e-4),
        torch.float16: dict(atol=2e-3, rtol=2e-3)}
 

@@ -25,15 +25,6 @@ from course_lib.model import DecoderLM, ModelConfig
 ATOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode faster on one thread (no OpenMP hand-offs per small op); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def model_for(seed=0, **kw) -> DecoderLM:
     base = dict(vocab_size=41, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
     base.update(kw)
