@@ -1,17 +1,36 @@
-"""The position-wise feed-forward network of the Transformer (Vaswani et al., 2017).
+"""The position-wise feed-forward network of the Transformer and its gated (GLU) variants.
 
-    FFN(x) = W_down · φ(W_up x + b_up) + b_down,   φ = ReLU (default) or GELU
+Standard FFN (Vaswani et al., 2017), applied to every position independently::
 
-applied to every position independently: ``[batch, seq, d_model] → [batch, seq, d_model]``
-through a hidden width ``d_ff`` (4·d_model in the original model).
+    FFN(x) = φ(x U + b_u) V + b_v            U: d_model × d_ff,  V: d_ff × d_model
 
-This is the minimal module that chapter 2's encoder and decoder layers need; chapter 7
-extends this module with GLU variants (SwiGLU, GeGLU …) and their gate/up/down projections.
-The names ``up`` and ``down`` are those of modern LLM code (``linear1`` and ``linear2`` in
+with φ = ReLU (the original Transformer) or GELU (BERT, GPT-2) and ``d_ff = 4·d_model``.
+In the code, ``up`` is ``U`` and ``down`` is ``V`` (``linear1`` and ``linear2`` in
 ``torch.nn.TransformerEncoderLayer``).
+
+Gated linear units (Dauphin et al., 2017; Shazeer, 2020, "GLU Variants Improve Transformer")
+add a third matrix ``W`` whose output multiplies the activated branch element-wise::
+
+    FFN_GLU(x) = (φ(x W_gate + b_gate) ⊗ (x W_up + b_up)) W_down + b_down
+
+The activation φ names the variant (:data:`GLU_VARIANTS`): sigmoid → GLU, identity →
+Bilinear, ReLU → ReGLU, GELU → GEGLU, Swish = SiLU → SwiGLU (LLaMA, Mistral, Gemma, Qwen2).
+The names ``gate_proj``, ``up_proj``, ``down_proj`` are those of LLaMA's ``LlamaMLP``: the
+activation is applied to the *gate* branch only.
+
+A GLU layer has three matrices instead of two; to keep the parameter count of a ``4·d``
+FFN its hidden width is ``2/3 · 4d = 8/3 · d``, rounded up to a multiple of a hardware-friendly
+number (:func:`glu_hidden_dim`, LLaMA's ``multiple_of`` rule: d = 4096 → 11008).
+
+Also here: the activations written out from their formulas (:func:`gelu`, :func:`silu`),
+parameter counts and FLOPs per token by formula (:func:`ffn_num_parameters`,
+:func:`ffn_flops_per_token`), and one constructor for every kind (:func:`build_feed_forward`).
+Every FFN maps ``[..., d_model] → [..., d_model]``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +38,74 @@ from torch import nn
 
 from course_lib.utils import check_floating, check_tensor
 
-__all__ = ["FeedForward", "ACTIVATIONS"]
+__all__ = [
+    "ACTIVATIONS",
+    "GLU_VARIANTS",
+    "FFN_KINDS",
+    "gelu",
+    "silu",
+    "FeedForward",
+    "GatedFeedForward",
+    "glu_hidden_dim",
+    "ffn_num_parameters",
+    "ffn_flops_per_token",
+    "build_feed_forward",
+]
 
+
+# ----------------------------------------------------------------------------- activations
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU(x) = x·Φ(x), Φ the standard normal CDF (Hendrycks & Gimpel, 2016).
+
+    ``approximate="none"``: Φ(x) = ½(1 + erf(x/√2)) (``F.gelu``'s default);
+    ``"tanh"``: ½(1 + tanh(√(2/π)(x + 0.044715 x³))) (GPT-2's ``gelu_new``,
+    ``F.gelu(x, approximate="tanh")``).
+    """
+    check_tensor("x", x)
+    check_floating("x", x)
+    if approximate == "none":
+        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    raise ValueError(f"approximate: expected 'none' or 'tanh'; got {approximate!r}")
+
+
+def silu(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """Swish_β(x) = x·σ(βx) (Ramachandran et al., 2017); β = 1 is SiLU (``F.silu``)."""
+    check_tensor("x", x)
+    check_floating("x", x)
+    return x * torch.sigmoid(beta * x)
+
+
+# ReLU and GELU: the activations of the standard FFN (used by chapter 2's layers and model.py)
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
+# the activation φ on the gate branch of each GLU variant (Shazeer, 2020)
+GLU_VARIANTS = {
+    "glu": torch.sigmoid,          # Dauphin et al. (2017)
+    "bilinear": lambda x: x,       # no non-linearity: the product itself is the only one
+    "reglu": F.relu,
+    "geglu": F.gelu,
+    "swiglu": F.silu,              # LLaMA, Mistral, Gemma, Qwen2
+}
 
+# every FFN kind build_feed_forward (and ModelConfig.ffn) accepts
+FFN_KINDS = tuple(ACTIVATIONS) + tuple(GLU_VARIANTS)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"{name}: expected a positive int; got {value!r}")
+
+
+def _check_input(x: torch.Tensor, d_model: int) -> None:
+    check_tensor("x", x, min_dim=1)
+    check_floating("x", x)
+    if x.shape[-1] != d_model:
+        raise ValueError(f"x: expected the last dimension to be d_model = {d_model}; got shape {tuple(x.shape)}")
+
+
+# ----------------------------------------------------------------------------- standard FFN
 class FeedForward(nn.Module):
     """Linear(d_model → d_ff) → activation → dropout → Linear(d_ff → d_model).
 
@@ -55,11 +137,112 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[..., d_model]`` → ``[..., d_model]``."""
-        check_tensor("x", x, min_dim=1)
-        check_floating("x", x)
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x: expected the last dimension to be d_model = {self.d_model}; got shape {tuple(x.shape)}")
+        _check_input(x, self.d_model)
         return self.down(self.dropout(ACTIVATIONS[self.activation](self.up(x))))
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
+
+
+# ----------------------------------------------------------------------------- GLU variants
+class GatedFeedForward(nn.Module):
+    """A GLU-family FFN: ``down_proj(φ(gate_proj(x)) ⊗ up_proj(x))`` (LLaMA's ``LlamaMLP``).
+
+    Args:
+        d_model: the width of the residual stream.
+        d_ff: the hidden width (default :func:`glu_hidden_dim` ``(d_model)``: 8/3·d_model
+            rounded up to a multiple of 256, LLaMA's rule).
+        variant: ``"glu"`` (sigmoid), ``"bilinear"`` (identity), ``"reglu"`` (ReLU),
+            ``"geglu"`` (GELU) or ``"swiglu"`` (SiLU); see :data:`GLU_VARIANTS`.
+        dropout: dropout on the gated hidden activations.
+        bias: biases in the three linear maps (LLaMA has none).
+
+    Submodules: ``gate_proj`` and ``up_proj`` (``d_model → d_ff``), ``down_proj`` (``d_ff → d_model``).
+    """
+
+    def __init__(self, d_model: int, d_ff: int | None = None, variant: str = "swiglu",
+                 dropout: float = 0.0, bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        _check_positive_int("d_model", d_model)
+        d_ff = glu_hidden_dim(d_model) if d_ff is None else d_ff
+        _check_positive_int("d_ff", d_ff)
+        if variant not in GLU_VARIANTS:
+            raise ValueError(f"variant: expected one of {sorted(GLU_VARIANTS)}; got {variant!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout!r}")
+        self.d_model, self.d_ff, self.variant = d_model, d_ff, variant
+        kw = dict(device=device, dtype=dtype)
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias, **kw)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias, **kw)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias, **kw)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[..., d_model]`` → ``[..., d_model]``."""
+        _check_input(x, self.d_model)
+        hidden = GLU_VARIANTS[self.variant](self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(self.dropout(hidden))
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant!r}"
+
+
+# ----------------------------------------------------------------------------- sizes and costs
+def glu_hidden_dim(d_model: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
+    """The hidden width of a GLU FFN with the parameters of a ``4·d_model`` FFN (LLaMA's rule).
+
+    ``hidden = ⌊2/3 · 4·d_model⌋`` (three matrices instead of two), optionally times
+    ``ffn_dim_multiplier`` (LLaMA-2 70B, LLaMA-3), then rounded *up* to a multiple of
+    ``multiple_of``: ``multiple_of · ⌈hidden / multiple_of⌉``. LLaMA-7B: d = 4096 → 11008.
+    """
+    _check_positive_int("d_model", d_model)
+    _check_positive_int("multiple_of", multiple_of)
+    hidden = int(2 * (4 * d_model) / 3)
+    if ffn_dim_multiplier is not None:
+        if not (isinstance(ffn_dim_multiplier, (int, float)) and ffn_dim_multiplier > 0):
+            raise ValueError(f"ffn_dim_multiplier: expected None or a positive number; got {ffn_dim_multiplier!r}")
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in FFN_KINDS:
+        raise ValueError(f"kind: expected one of {FFN_KINDS}; got {kind!r}")
+
+
+def ffn_num_parameters(d_model: int, d_ff: int, kind: str = "gelu", bias: bool = True) -> int:
+    """Parameters of one FFN by formula.
+
+    Standard (relu, gelu): ``2·d·d_ff`` weights + ``d_ff + d`` biases;
+    GLU variants: ``3·d·d_ff`` weights + ``2·d_ff + d`` biases.
+    """
+    _check_positive_int("d_model", d_model)
+    _check_positive_int("d_ff", d_ff)
+    _check_kind(kind)
+    b = 1 if bias else 0
+    if kind in GLU_VARIANTS:
+        return 3 * d_model * d_ff + b * (2 * d_ff + d_model)
+    return 2 * d_model * d_ff + b * (d_ff + d_model)
+
+
+def ffn_flops_per_token(d_model: int, d_ff: int, kind: str = "gelu") -> int:
+    """Forward FLOPs of the matrix products per token (a multiply-add = 2 FLOPs).
+
+    Standard: two ``d × d_ff`` products → ``4·d·d_ff``; GLU: three → ``6·d·d_ff``. The
+    element-wise activation, product and biases (``O(d_ff)``) are left out.
+    """
+    _check_positive_int("d_model", d_model)
+    _check_positive_int("d_ff", d_ff)
+    _check_kind(kind)
+    return (6 if kind in GLU_VARIANTS else 4) * d_model * d_ff
+
+
+def build_feed_forward(kind: str, d_model: int, d_ff: int | None = None, *, dropout: float = 0.0,
+                       bias: bool = True, device=None, dtype=None) -> nn.Module:
+    """An FFN of any kind in :data:`FFN_KINDS`: :class:`FeedForward` for ``"relu"``/``"gelu"``,
+    :class:`GatedFeedForward` for the GLU variants. ``d_ff=None``: ``4·d_model`` (standard) or
+    :func:`glu_hidden_dim` (GLU)."""
+    _check_kind(kind)
+    if kind in ACTIVATIONS:
+        return FeedForward(d_model, d_ff, activation=kind, dropout=dropout, bias=bias, device=device, dtype=dtype)
+    return GatedFeedForward(d_model, d_ff, variant=kind, dropout=dropout, bias=bias, device=device, dtype=dtype)

@@ -2,6 +2,7 @@
 
     h⁰ = E[x] + P[pos]                                   token + (optional) absolute positions
     hˡ = hˡ⁻¹ + Attn(Norm₁(hˡ⁻¹)),  hˡ ← hˡ + FFN(Norm₂(hˡ))   pre-norm blocks, l = 1 … L
+                                                        (Chapter 9: post-norm and sandwich too)
     logits = Norm_f(hᴸ) Eᵀ                                  LM head (tied to E by default)
 
 It is GPT-2-shaped (learned positions, LayerNorm, GELU FFN, biases) and small enough to train on a
@@ -49,9 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.ffn import FeedForward
+from course_lib.ffn import FFN_KINDS, GLU_VARIANTS, build_feed_forward, ffn_num_parameters, glu_hidden_dim
 from course_lib.kv_cache import repeat_kv
 from course_lib.masks import causal_mask
+from course_lib.moe import MoE
+from course_lib.norms import NORM_PLACEMENTS, residual_block
 from course_lib.positional import (
     LearnedPositionalEmbedding,
     RelativePositionEmbedding,
@@ -80,6 +83,7 @@ __all__ = [
 
 # absolute (added to the embeddings): none, learned, sinusoidal; inside attention: relative, rope, alibi
 POS_ENCODINGS = ("none", "learned", "sinusoidal", "relative", "rope", "alibi")
+NORMS = ("layernorm", "rmsnorm")
 
 
 def _is_int(x) -> bool:
@@ -98,7 +102,10 @@ class ModelConfig:
         n_kv_heads: key/value heads. ``None`` → ``n_heads`` (MHA); ``1`` → MQA; a divisor of
             ``n_heads`` → GQA with ``n_heads / n_kv_heads`` query heads per K/V head.
         max_seq_len: the longest sequence (the size of a learned position table).
-        d_ff: hidden width of the FFN; ``None`` → ``4 · d_model``.
+        d_ff: hidden width of the FFN; ``None`` → ``4 · d_model`` (``"relu"``, ``"gelu"``) or, for a
+            GLU variant, ``ffn.glu_hidden_dim(d_model, multiple_of=64)`` ≈ 8/3 · d_model.
+        ffn: the FFN kind (Chapter 7, ``course_lib.ffn``): ``"gelu"`` (GPT-2), ``"relu"``, or a GLU
+            variant ``"glu"``, ``"bilinear"``, ``"reglu"``, ``"geglu"``, ``"swiglu"`` (LLaMA).
         pos_encoding: ``"none"``, ``"learned"`` (GPT-2), ``"sinusoidal"`` (Vaswani et al.),
             ``"relative"`` (Shaw et al.'s clipped R^K, R^V), ``"rope"`` (RoFormer, LLaMA),
             ``"alibi"`` (Press et al.); see ``course_lib.positional`` and Chapter 6.
@@ -112,6 +119,15 @@ class ModelConfig:
         dropout: dropout on embeddings, attention weights and residual branches.
         bias: biases in the linear maps.
         tie_embeddings: the LM head reuses the token embedding matrix.
+        norm: ``"layernorm"`` (GPT-2; γ, and β when ``bias``) or ``"rmsnorm"`` (LLaMA: γ only);
+            see ``course_lib.norms`` and Chapter 9.
+        norm_placement: ``"pre"`` — ``x + F(Norm(x))`` (GPT-2, LLaMA); ``"post"`` —
+            ``Norm(x + F(x))`` (Vaswani et al.); ``"sandwich"`` — ``x + Norm(F(Norm(x)))`` (Gemma-2).
+        n_experts: Mixture of Experts (Chapter 8, ``course_lib.moe``): ``0`` — a dense FFN; ``n > 0``
+            — every FFN is an ``MoE`` layer of ``n`` experts of kind ``ffn`` and width ``d_ff``.
+        top_k: experts per token when ``n_experts > 0`` (Mixtral: 8 experts, top-2).
+        moe_alpha: weight α of the load-balancing loss each ``MoE`` layer stores in ``aux_loss``
+            (add ``course_lib.moe.moe_aux_loss(model)`` to the training loss).
     """
 
     vocab_size: int
@@ -121,6 +137,7 @@ class ModelConfig:
     n_kv_heads: int | None = None
     max_seq_len: int = 256
     d_ff: int | None = None
+    ffn: str = "gelu"
     pos_encoding: str = "learned"
     rope_base: float = 10000.0
     rope_scaling: float = 1.0
@@ -130,6 +147,11 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    norm: str = "layernorm"
+    norm_placement: str = "pre"
+    n_experts: int = 0
+    top_k: int = 2
+    moe_alpha: float = 0.01
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -148,6 +170,8 @@ class ModelConfig:
                 )
         if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff < 1):
             raise ValueError(f"d_ff: expected None or a positive int; got {self.d_ff!r}")
+        if self.ffn not in FFN_KINDS:
+            raise ValueError(f"ffn: expected one of {FFN_KINDS}; got {self.ffn!r}")
         if self.pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"pos_encoding: expected one of {POS_ENCODINGS}; got {self.pos_encoding!r}")
         if not (isinstance(self.rope_base, (int, float)) and self.rope_base > 1):
@@ -169,6 +193,16 @@ class ModelConfig:
             raise ValueError(f"window: expected None or a positive int; got {self.window!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout: expected a probability in [0, 1); got {self.dropout!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}; got {self.norm!r}")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"norm_placement: expected one of {NORM_PLACEMENTS}; got {self.norm_placement!r}")
+        if not _is_int(self.n_experts) or self.n_experts < 0:
+            raise ValueError(f"n_experts: expected a non-negative int (0: dense FFN); got {self.n_experts!r}")
+        if self.n_experts and (not _is_int(self.top_k) or not 1 <= self.top_k <= self.n_experts):
+            raise ValueError(f"top_k: expected an int in [1, n_experts = {self.n_experts}]; got {self.top_k!r}")
+        if not (isinstance(self.moe_alpha, (int, float)) and self.moe_alpha >= 0):
+            raise ValueError(f"moe_alpha: expected a non-negative number; got {self.moe_alpha!r}")
 
     @property
     def head_dim(self) -> int:
@@ -186,7 +220,11 @@ class ModelConfig:
 
     @property
     def ffn_dim(self) -> int:
-        return 4 * self.d_model if self.d_ff is None else self.d_ff
+        """The FFN's hidden width, ``d_ff`` resolved: ``None`` → ``4 · d_model``, or for a GLU
+        kind 8/3 · d_model rounded up to a multiple of 64 (the same parameter count, Chapter 7)."""
+        if self.d_ff is not None:
+            return self.d_ff
+        return glu_hidden_dim(self.d_model, multiple_of=64) if self.ffn in GLU_VARIANTS else 4 * self.d_model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,13 +249,30 @@ def build_absolute_positions(config: ModelConfig) -> nn.Module | None:
 
 
 def build_norm(config: ModelConfig) -> nn.Module:
-    """The normalization layer of the blocks and of the output (Chapter 9 adds RMSNorm)."""
+    """The normalization layer of the blocks and of the output (Chapter 9, ``course_lib.norms``).
+
+    ``"layernorm"`` → ``nn.LayerNorm`` (β only when ``config.bias``); ``"rmsnorm"`` →
+    ``nn.RMSNorm`` with ε = 1e-6 and no β, as in LLaMA (``course_lib.norms.RMSNorm`` computes the same).
+    """
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=1e-6)
     return nn.LayerNorm(config.d_model, bias=config.bias)
 
 
 def build_ffn(config: ModelConfig) -> nn.Module:
-    """The position-wise feed-forward network (Chapter 7 adds GLU variants): GELU, like GPT-2."""
-    return FeedForward(config.d_model, config.ffn_dim, activation="gelu", dropout=0.0, bias=config.bias)
+    """The position-wise feed-forward network of kind ``config.ffn`` (Chapter 7, ``course_lib.ffn``).
+
+    ``"gelu"`` (default, GPT-2) or ``"relu"`` → ``FeedForward`` (``up``, ``down``) of width
+    ``config.ffn_dim``; a GLU variant → ``GatedFeedForward`` (``gate_proj``, ``up_proj``,
+    ``down_proj``) of width ``config.d_ff``, or 8/3 · d_model rounded up to a multiple of 64.
+    With ``config.n_experts > 0`` (Chapter 8): an ``MoE`` layer of ``n_experts`` such FFNs and a
+    top-``config.top_k`` router.
+    """
+    d_ff = config.ffn_dim
+    if config.n_experts > 0:
+        return MoE(config.d_model, d_ff, config.n_experts, config.top_k, kind=config.ffn, bias=config.bias,
+                   alpha=config.moe_alpha)
+    return build_feed_forward(config.ffn, config.d_model, d_ff, dropout=0.0, bias=config.bias)
 
 
 # ----------------------------------------------------------------------------- positions and masks
@@ -374,19 +429,31 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: ``x + attn(norm1(x))``, then ``x + ffn(norm2(x))``."""
+    """Transformer block: attention, then the FFN, each a residual sub-layer with its norm placed by
+    ``config.norm_placement`` (``course_lib.norms.residual_block``):
+
+    pre (default): ``x + attn(norm1(x))``, then ``x + ffn(norm2(x))``;
+    post: ``norm1(x + attn(x))``, then ``norm2(x + ffn(x))``;
+    sandwich (Gemma-2): ``x + post_norm1(attn(norm1(x)))``, then ``x + post_norm2(ffn(norm2(x)))``.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.placement = config.norm_placement
         self.norm1 = build_norm(config)
         self.attn = CausalSelfAttention(config)
         self.norm2 = build_norm(config)
         self.ffn = build_ffn(config)
         self.drop = nn.Dropout(config.dropout)
+        if self.placement == "sandwich":
+            self.post_norm1, self.post_norm2 = build_norm(config), build_norm(config)
+        else:
+            self.post_norm1 = self.post_norm2 = None
 
     def forward(self, x, position_ids, attention_mask=None, cache=None, layer_idx: int = 0):
-        x = x + self.drop(self.attn(self.norm1(x), position_ids, attention_mask, cache, layer_idx))
-        return x + self.drop(self.ffn(self.norm2(x)))
+        attn = lambda h: self.drop(self.attn(h, position_ids, attention_mask, cache, layer_idx))  # noqa: E731
+        x = residual_block(x, attn, self.norm1, self.placement, self.post_norm1)
+        return residual_block(x, lambda h: self.drop(self.ffn(h)), self.norm2, self.placement, self.post_norm2)
 
 
 class DecoderLM(nn.Module):
@@ -405,7 +472,7 @@ class DecoderLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():      # GPT-2: residual projections scaled by 1/√(2L)
-            if name.endswith(("o_proj.weight", "ffn.down.weight")):
+            if name.endswith(("o_proj.weight", "down.weight", "down_proj.weight")):  # FFN, GLU, experts
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -472,16 +539,20 @@ def count_parameters(config: ModelConfig) -> int:
     """The parameter count of ``DecoderLM(config)`` by formula (tests compare it with the model).
 
     Per block: attention ``d·(d + 2·h_kv·d_h + d)`` weights (+ ``d + 2·h_kv·d_h + d`` biases),
-    FFN ``2·d·d_ff`` (+ ``d_ff + d``), two norms ``2·d`` each (γ, β). Embeddings ``V·d``,
-    learned positions ``max_seq_len·d``, final norm, an untied head ``V·d``. GQA/MQA shrink only
-    the K and V projections: ``2·d·(h − h_kv)·d_h`` weights fewer per layer.
+    FFN ``2·d·d_ff`` (+ ``d_ff + d``; a GLU ``3·d·d_ff`` + ``2·d_ff + d``; an MoE ``n_experts`` of them
+    + a router ``d·n_experts``), two norms ``2·d`` each (γ, β; RMSNorm: ``d``; four norms with
+    ``"sandwich"``). Embeddings ``V·d``, learned positions ``max_seq_len·d``, final norm, an untied
+    head ``V·d``. GQA/MQA shrink only the K and V projections: ``2·d·(h − h_kv)·d_h`` weights fewer
+    per layer.
     """
     d, dh, hkv, dff, V = config.d_model, config.head_dim, config.kv_heads, config.ffn_dim, config.vocab_size
     b = 1 if config.bias else 0
-    norm = d * (1 + b)
+    norm = d * (1 + b) if config.norm == "layernorm" else d          # RMSNorm: γ only
     attn = d * (d + 2 * hkv * dh + d) + b * (d + 2 * hkv * dh + d)
-    ffn = 2 * d * dff + b * (dff + d)
-    block = attn + ffn + 2 * norm
+    ffn = ffn_num_parameters(d, dff, config.ffn, bias=config.bias)
+    if config.n_experts > 0:                            # n_experts FFNs + the router (no bias)
+        ffn = config.n_experts * ffn + d * config.n_experts
+    block = attn + ffn + (4 if config.norm_placement == "sandwich" else 2) * norm
     total = V * d + config.n_layers * block + norm
     if config.pos_encoding == "learned":
         total += config.max_seq_len * d

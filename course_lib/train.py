@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from course_lib.moe import moe_aux_loss
+
 try:  # a progress bar when tqdm is installed, a printed line every N steps otherwise
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover
@@ -77,7 +79,7 @@ def train(model, data, steps: int, batch_size: int = 32, seq_len: int = 128, lr:
         x, y = data.get_batch("train", batch_size, seq_len, gen, device)
         loss = lm_loss(model, x, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + moe_aux_loss(model)).backward()     # + the load-balancing losses of MoE layers (Chapter 8)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()

@@ -25,15 +25,6 @@ from course_lib.sparse import sliding_window_mask
 ATOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode faster on one thread (no OpenMP hand-offs per small op); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(**kw) -> ModelConfig:
     base = dict(vocab_size=37, d_model=32, n_layers=2, n_heads=4, max_seq_len=32)
     base.update(kw)
@@ -89,6 +80,8 @@ def test_parameter_count_by_hand():
 @pytest.mark.parametrize("kw", [
     dict(), dict(n_kv_heads=2), dict(n_kv_heads=1), dict(bias=False), dict(tie_embeddings=False),
     dict(pos_encoding="none"), dict(d_ff=48, n_layers=3),
+    dict(ffn="swiglu"), dict(ffn="geglu", bias=False, d_ff=40), dict(n_experts=4, top_k=2),
+    dict(n_experts=3, top_k=1, ffn="swiglu", bias=False),
 ])
 def test_parameter_count_formula(kw):
     cfg = small(**kw)
@@ -287,3 +280,16 @@ def test_output_shape(B, T, kv):
     m = model_for(small(n_kv_heads=kv, n_layers=1))
     out = m(torch.randint(37, (B, T)))
     assert out.shape == (B, T, 37) and torch.isfinite(out).all()
+
+
+def test_residual_projections_get_the_scaled_init_for_every_ffn_kind():
+    """GPT-2's 1/√(2L) init reaches the output projection of GLU FFNs and of MoE experts too."""
+    for kw in (dict(), dict(ffn="swiglu"), dict(n_experts=2, top_k=1, ffn="swiglu")):
+        torch.manual_seed(0)
+        cfg = small(n_layers=8, d_model=64, **kw)
+        model = DecoderLM(cfg)
+        downs = [p for n, p in model.named_parameters() if n.endswith(("down.weight", "down_proj.weight"))]
+        assert downs, kw
+        want = 0.02 / (2 * cfg.n_layers) ** 0.5
+        for p in downs:
+            assert abs(p.std().item() - want) < 0.25 * want, (kw, p.std().item(), want)
