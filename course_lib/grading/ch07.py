@@ -1,0 +1,182 @@
+"""Checks for Exercise 7 (Feed-forward and GLU variants).
+
+Tasks, in the order of the exercise notebook (weights in the maths layout ``x W``:
+``w_gate``, ``w_up`` are ``[d_model, d_ff]``, ``w_down`` is ``[d_ff, d_model]``):
+
+1. ``swiglu_forward(x, w_gate, w_up, w_down)`` → ``(SiLU(x W_gate) ⊗ (x W_up)) W_down``;
+2. ``glu_hidden_dim(d_model, multiple_of)`` → 8/3 · d_model rounded *up* to a multiple of
+   ``multiple_of`` (LLaMA's rule; d = 4096, multiple_of = 256 → 11008);
+3. ``glu_ffn(x, w_gate, w_up, w_down, variant)`` → the GLU variant ``variant`` (``"glu"``,
+   ``"bilinear"``, ``"reglu"``, ``"geglu"``, ``"swiglu"``);
+4. ``ffn_param_count(d_model, d_ff, kind, bias)`` → parameters of a standard (``"relu"``,
+   ``"gelu"``) or GLU FFN.
+
+References come from ``course_lib.ffn`` (tested against ``F.silu``, ``F.gelu`` and a hand-written
+LLaMA MLP); a wrong answer is compared with the known wrong answers (gate and up swapped,
+sigmoid instead of SiLU, no rounding, 4·d instead of 8/3·d, …) and the message names the match.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from course_lib.ffn import GLU_VARIANTS, ffn_num_parameters, glu_hidden_dim
+from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+
+__all__ = ["check_swiglu_forward", "check_glu_hidden_dim", "check_glu_ffn", "check_ffn_param_count",
+           "reference_glu_ffn"]
+
+SWAPPED = "gate and up swapped (activation applied to the wrong branch): φ goes on x·W_gate, not on x·W_up"
+SIGMOID = "sigmoid instead of SiLU (GLU instead of SwiGLU): Swish(z) = z·σ(z), not σ(z)"
+
+
+def reference_glu_ffn(x, w_gate, w_up, w_down, variant="swiglu"):
+    """``(φ(x W_gate) ⊗ (x W_up)) W_down`` with φ = ``GLU_VARIANTS[variant]``."""
+    return (GLU_VARIANTS[variant](x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def _weights(g, d, h, dtype):
+    s = d ** -0.5
+    return (torch.randn(d, h, generator=g, dtype=dtype) * s, torch.randn(d, h, generator=g, dtype=dtype) * s,
+            torch.randn(h, d, generator=g, dtype=dtype) * h ** -0.5)
+
+
+def _glu_mistakes(x, wg, wu, wd, variant):
+    act = GLU_VARIANTS[variant]
+    m = {}
+    if variant != "bilinear":
+        m[SWAPPED] = (act(x @ wu) * (x @ wg)) @ wd
+    if variant == "swiglu":
+        m[SIGMOID] = (torch.sigmoid(x @ wg) * (x @ wu)) @ wd
+        m["ReLU instead of SiLU (ReGLU instead of SwiGLU)"] = (F.relu(x @ wg) * (x @ wu)) @ wd
+        m["GELU instead of SiLU (GEGLU instead of SwiGLU)"] = (F.gelu(x @ wg) * (x @ wu)) @ wd
+    if variant == "geglu":
+        m["tanh approximation of GELU: use the exact erf form (F.gelu's default)"] = \
+            (F.gelu(x @ wg, approximate="tanh") * (x @ wu)) @ wd
+        m["SiLU instead of GELU (SwiGLU instead of GEGLU)"] = (F.silu(x @ wg) * (x @ wu)) @ wd
+    if variant == "glu":
+        m["SiLU instead of sigmoid (SwiGLU instead of GLU)"] = (F.silu(x @ wg) * (x @ wu)) @ wd
+    m["no gate: the up branch x·W_up must multiply the activated gate element-wise"] = act(x @ wg) @ wd
+    m["activation applied after the product: φ goes on the gate branch only, φ(x·W_gate) ⊗ (x·W_up)"] = \
+        act((x @ wg) * (x @ wu)) @ wd
+    m["added the branches instead of multiplying them element-wise"] = (act(x @ wg) + (x @ wu)) @ wd
+    return m
+
+
+def _cases(seed):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for shape, h, dtype in [((5, 8), 12, torch.float64), ((2, 7, 16), 40, torch.float64),
+                            ((3, 4, 6), 16, torch.float32), ((1, 1, 4), 8, torch.float64)]:
+        x = torch.randn(*shape, generator=g, dtype=dtype) * 1.5
+        out.append((x, *_weights(g, shape[-1], h, dtype)))
+    return out
+
+
+# ----------------------------------------------------------------------------- task 1
+def check_swiglu_forward(swiglu_forward) -> None:
+    """Task 1: the SwiGLU FFN of LLaMA (no biases)."""
+    cases = _cases(701)
+    for x, wg, wu, wd in cases:
+        name = f"swiglu_forward(x {tuple(x.shape)}, d_ff={wg.shape[1]}, {str(x.dtype)[6:]})"
+        got = call_student(swiglu_forward, x.clone(), wg.clone(), wu.clone(), wd.clone(), name="swiglu_forward")
+        got = expect_tensor(name, got, tuple(x.shape))
+        expect_close(name, got, reference_glu_ffn(x, wg, wu, wd, "swiglu"),
+                     mistakes=_glu_mistakes(x, wg, wu, wd, "swiglu"))
+    passed("swiglu_forward", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 2
+def check_glu_hidden_dim(glu_hidden_dim_fn) -> None:
+    """Task 2: 8/3 · d_model rounded up to a multiple of ``multiple_of``."""
+    cases = [(4096, 256), (5120, 256), (8192, 256), (768, 64), (512, 128), (100, 8), (96, 64), (3 * 64, 64), (1, 1)]
+    for d, m in cases:
+        name = f"glu_hidden_dim(d_model={d}, multiple_of={m})"
+        raw = call_student(glu_hidden_dim_fn, d, m, name="glu_hidden_dim")
+        got = expect_number(name, raw)
+        want = glu_hidden_dim(d, multiple_of=m)
+        if got == want:
+            if not isinstance(raw, numbers.Integral) or isinstance(raw, bool):
+                raise AssertionError(f"{name}: expected an int (a width); got {type(raw).__name__} {raw!r}: "
+                                     "use integer arithmetic (// and a ceiling division)")
+            continue
+        h = int(8 * d / 3)
+        mistakes = {
+            "forgot to round up to multiple_of: 8/3·d must be rounded up to a multiple of multiple_of":
+                [h, 8 * d / 3, round(8 * d / 3)],
+            "used 4·d instead of 8/3·d: a GLU FFN has three matrices, so 2/3 of 4·d keeps the parameter count":
+                [4 * d, m * -(-4 * d // m)],
+            "rounded down (or to the nearest multiple) instead of up: use a ceiling division, "
+            "multiple_of · ⌈h / multiple_of⌉": [m * (h // m), m * round(h / m)],
+            "used 2/3·d instead of 2/3·4·d = 8/3·d": [m * -(-int(2 * d / 3) // m), int(2 * d / 3)],
+        }
+        for message, alts in mistakes.items():
+            if got != want and any(abs(got - a) < 1e-9 for a in alts):
+                raise AssertionError(f"{name}: {message} (expected {want}, got {got:.10g})")
+        raise AssertionError(f"{name}: expected {want}; got {got:.10g}")
+    passed("glu_hidden_dim", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 3
+def check_glu_ffn(glu_ffn) -> None:
+    """Task 3: all five GLU variants with one function."""
+    cases = _cases(702)
+    n = 0
+    for variant in ("glu", "bilinear", "reglu", "geglu", "swiglu"):
+        for x, wg, wu, wd in cases[:3]:
+            name = f"glu_ffn(variant={variant!r}, x {tuple(x.shape)}, {str(x.dtype)[6:]})"
+            got = call_student(glu_ffn, x.clone(), wg.clone(), wu.clone(), wd.clone(), variant, name="glu_ffn")
+            got = expect_tensor(name, got, tuple(x.shape))
+            mistakes = _glu_mistakes(x, wg, wu, wd, variant)
+            for other in GLU_VARIANTS:
+                if other != variant:
+                    mistakes.setdefault(f"computed the {other!r} variant: check the dispatch on `variant`",
+                                        reference_glu_ffn(x, wg, wu, wd, other))
+            expect_close(name, got, reference_glu_ffn(x, wg, wu, wd, variant), mistakes=mistakes)
+            n += 1
+    x, wg, wu, wd = cases[0]
+    try:
+        glu_ffn(x, wg, wu, wd, "swish")
+    except ValueError:
+        pass
+    except NotImplementedError:
+        raise AssertionError("glu_ffn is not implemented yet: replace `raise NotImplementedError` with your answer")
+    except Exception as exc:
+        raise AssertionError(f"glu_ffn(variant='swish'): expected a ValueError naming the variant; "
+                             f"got {type(exc).__name__}: {exc}") from None
+    else:
+        raise AssertionError("glu_ffn(variant='swish'): expected a ValueError for an unknown variant; got no error")
+    passed("glu_ffn", n + 1)
+
+
+# ----------------------------------------------------------------------------- task 4
+def check_ffn_param_count(ffn_param_count) -> None:
+    """Task 4: 2·d·d_ff (+ d_ff + d) for a standard FFN, 3·d·d_ff (+ 2·d_ff + d) for a GLU."""
+    cases = [(512, 2048, "relu", True), (512, 2048, "gelu", False), (4096, 11008, "swiglu", False),
+             (768, 2048, "geglu", True), (64, 172, "reglu", True), (10, 14, "glu", True), (10, 14, "bilinear", False)]
+    for d, h, kind, bias in cases:
+        name = f"ffn_param_count(d_model={d}, d_ff={h}, kind={kind!r}, bias={bias})"
+        got = expect_number(name, call_student(ffn_param_count, d, h, kind, bias, name="ffn_param_count"))
+        want = ffn_num_parameters(d, h, kind, bias)
+        if got == want:
+            continue
+        glu = kind in GLU_VARIANTS
+        mistakes = {
+            "counted two matrices for a GLU FFN: gate, up and down make 3·d·d_ff":
+                [2 * d * h + bias * (h + d), 2 * d * h + bias * (2 * h + d)] if glu else [],
+            "counted three matrices for a standard FFN: only up and down (2·d·d_ff)":
+                [] if glu else [3 * d * h + bias * (2 * h + d), 3 * d * h + bias * (h + d)],
+            "forgot the biases (bias=True adds one per output unit of every linear map)":
+                [3 * d * h if glu else 2 * d * h] if bias else [],
+            "counted biases although bias=False": [] if bias else [want + (2 * h + d if glu else h + d)],
+            "GLU biases: gate and up each have d_ff biases, down has d_model (2·d_ff + d)":
+                [3 * d * h + h + d, 3 * d * h + 3 * h] if (glu and bias) else [],
+        }
+        for message, alts in mistakes.items():
+            if any(got == a for a in alts):
+                raise AssertionError(f"{name}: {message} (expected {want}, got {got:.10g})")
+        raise AssertionError(f"{name}: expected {want}; got {got:.10g}")
+    passed("ffn_param_count", len(cases))

@@ -1,0 +1,169 @@
+"""Mutation tests of course_lib.grading.ch07: every check passes the reference answer, fails the
+stub with "not implemented", and fails each typical wrong answer with a message naming the mistake."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.grading import ch07
+from conftest import stub
+
+
+ACTS = {"glu": torch.sigmoid, "bilinear": lambda z: z, "reglu": F.relu, "geglu": F.gelu, "swiglu": F.silu}
+
+
+# ----------------------------------------------------------------------------- task 1
+def swiglu_ok(x, wg, wu, wd, *, act=F.silu, swap=False, where="gate", combine="mul"):
+    g, u = (x @ wu, x @ wg) if swap else (x @ wg, x @ wu)
+    if where == "after":
+        h = act(g * u)
+    elif where == "nogate":
+        h = act(g)
+    elif combine == "add":
+        h = act(g) + u
+    else:
+        h = act(g) * u
+    return h @ wd
+
+
+def test_swiglu_passes(capsys):
+    ch07.check_swiglu_forward(swiglu_ok)
+    assert capsys.readouterr().out == "✓ swiglu_forward: all 4 cases passed\n"
+
+
+def test_swiglu_passes_the_course_lib_module(capsys):
+    from course_lib.ffn import GatedFeedForward
+
+    def via_module(x, wg, wu, wd):
+        f = GatedFeedForward(wg.shape[0], wg.shape[1], "swiglu").to(x.dtype)
+        with torch.no_grad():
+            f.gate_proj.weight.copy_(wg.T)
+            f.up_proj.weight.copy_(wu.T)
+            f.down_proj.weight.copy_(wd.T)
+            return f(x)
+    ch07.check_swiglu_forward(via_module)
+    assert "all 4 cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "swiglu_forward is not implemented yet"),
+    (lambda *a: swiglu_ok(*a, swap=True), "gate and up swapped \\(activation applied to the wrong branch\\)"),
+    (lambda *a: swiglu_ok(*a, act=torch.sigmoid), "sigmoid instead of SiLU \\(GLU instead of SwiGLU\\)"),
+    (lambda *a: swiglu_ok(*a, act=F.relu), "ReLU instead of SiLU"),
+    (lambda *a: swiglu_ok(*a, act=F.gelu), "GELU instead of SiLU"),
+    (lambda *a: swiglu_ok(*a, where="after"), "activation applied after the product"),
+    (lambda *a: swiglu_ok(*a, where="nogate"), "no gate"),
+    (lambda *a: swiglu_ok(*a, combine="add"), "added the branches"),
+    (lambda *a: swiglu_ok(*a) * 1.1, "wrong values"),
+    (lambda x, *w: swiglu_ok(x, *w)[..., :-1], "expected shape"),
+    (lambda *a: swiglu_ok(*a).tolist(), "expected a torch.Tensor"),
+])
+def test_swiglu_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch07.check_swiglu_forward(wrong)
+
+
+# ----------------------------------------------------------------------------- task 2
+def hidden_ok(d, m, *, base="8/3", rounding="up"):
+    h = int(2 * 4 * d / 3) if base == "8/3" else (4 * d if base == "4" else int(2 * d / 3))
+    if rounding == "up":
+        return m * ((h + m - 1) // m)
+    if rounding == "down":
+        return m * (h // m)
+    if rounding == "nearest":
+        return m * round(h / m)
+    return h
+
+
+def test_hidden_dim_passes(capsys):
+    ch07.check_glu_hidden_dim(hidden_ok)
+    assert capsys.readouterr().out == "✓ glu_hidden_dim: all 9 cases passed\n"
+
+
+def test_hidden_dim_passes_math_ceil(capsys):
+    ch07.check_glu_hidden_dim(lambda d, m: m * math.ceil(int(8 * d / 3) / m))
+    assert "all 9 cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "glu_hidden_dim is not implemented yet"),
+    (lambda d, m: hidden_ok(d, m, rounding=None), "forgot to round up to multiple_of"),
+    (lambda d, m: 8 * d / 3, "forgot to round up to multiple_of"),
+    (lambda d, m: hidden_ok(d, m, base="4"), "used 4·d instead of 8/3·d"),
+    (lambda d, m: hidden_ok(d, m, base="4", rounding=None), "used 4·d instead of 8/3·d"),
+    (lambda d, m: hidden_ok(d, m, rounding="down"), "rounded down \\(or to the nearest multiple\\) instead of up"),
+    (lambda d, m: hidden_ok(d, m, rounding="nearest"), "rounded down \\(or to the nearest multiple\\) instead of up"),
+    (lambda d, m: hidden_ok(d, m, base="2/3"), "used 2/3·d instead of"),
+    (lambda d, m: float(hidden_ok(d, m)), "expected an int"),
+    (lambda d, m: hidden_ok(d, m) + m, "expected 11008; got 11264"),
+    (lambda d, m: None, "expected a number"),
+])
+def test_hidden_dim_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch07.check_glu_hidden_dim(wrong)
+
+
+# ----------------------------------------------------------------------------- task 3
+def glu_ok(x, wg, wu, wd, variant, *, table=ACTS, swap=(), strict=True):
+    if variant not in table:
+        if strict:
+            raise ValueError(f"variant: unknown {variant!r}")
+        variant = "swiglu"
+    act = table[variant]
+    g, u = (x @ wu, x @ wg) if variant in swap else (x @ wg, x @ wu)
+    return (act(g) * u) @ wd
+
+
+def test_glu_ffn_passes(capsys):
+    ch07.check_glu_ffn(glu_ok)
+    assert capsys.readouterr().out == "✓ glu_ffn: all 16 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "glu_ffn is not implemented yet"),
+    (lambda *a: glu_ok(*a, table={**ACTS, "swiglu": torch.sigmoid}), "sigmoid instead of SiLU"),
+    (lambda *a: glu_ok(*a, table={**ACTS, "glu": F.silu}), "SiLU instead of sigmoid \\(SwiGLU instead of GLU\\)"),
+    (lambda *a: glu_ok(*a, table={**ACTS, "geglu": lambda z: F.gelu(z, approximate="tanh")}), "tanh approximation"),
+    (lambda *a: glu_ok(*a, table={**ACTS, "geglu": F.silu}), "SiLU instead of GELU"),
+    (lambda *a: glu_ok(*a, table={**ACTS, "reglu": F.gelu}), "computed the 'geglu' variant"),
+    (lambda *a: glu_ok(*a, table={**ACTS, "bilinear": F.relu}), "computed the 'reglu' variant"),
+    (lambda *a: glu_ok(*a, swap=("reglu",)), "gate and up swapped"),
+    (lambda *a: glu_ok(*a, strict=False), "expected a ValueError for an unknown variant"),
+    (lambda x, wg, wu, wd, v: glu_ok(x, wg, wu, wd, v) if v in ACTS else {}[v], "expected a ValueError naming"),
+])
+def test_glu_ffn_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch07.check_glu_ffn(wrong)
+
+
+# ----------------------------------------------------------------------------- task 4
+def count_ok(d, h, kind, bias, *, glu_mats=3, std_mats=2, biases=True, glu_bias="2h+d", always_bias=False):
+    glu = kind in ("glu", "bilinear", "reglu", "geglu", "swiglu")
+    n = (glu_mats if glu else std_mats) * d * h
+    if (bias and biases) or always_bias:
+        n += ({"2h+d": 2 * h + d, "h+d": h + d, "3h": 3 * h}[glu_bias]) if glu else h + d
+    return n
+
+
+def test_param_count_passes(capsys):
+    ch07.check_ffn_param_count(count_ok)
+    assert capsys.readouterr().out == "✓ ffn_param_count: all 7 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "ffn_param_count is not implemented yet"),
+    (lambda *a: count_ok(*a, glu_mats=2), "counted two matrices for a GLU FFN"),
+    (lambda *a: count_ok(*a, std_mats=3), "counted three matrices for a standard FFN"),
+    (lambda *a: count_ok(*a, biases=False), "forgot the biases"),
+    (lambda *a: count_ok(*a, always_bias=True), "counted biases although bias=False"),
+    (lambda *a: count_ok(*a, glu_bias="h+d"), "GLU biases"),
+    (lambda *a: count_ok(*a, glu_bias="3h"), "GLU biases"),
+    (lambda *a: count_ok(*a) + 1, "expected 2099712; got 2099713"),
+])
+def test_param_count_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch07.check_ffn_param_count(wrong)
