@@ -1,0 +1,185 @@
+"""The Exercise 11 checks pass the reference answers and name the likely mistake otherwise.
+
+Each wrong answer below is written the way a student would write it (not taken from the
+grading module), so the checks are shown to recognise the mistake itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from course_lib.grading import ch11
+from conftest import stub
+
+
+# ----------------------------------------------------------------------------- task 1
+def props(e, m, *, mant_off=0, bias_off=0, top_exp=False, no_mantissa=False, subnormal_tiny=False):
+    mm = m + mant_off
+    bias = 2 ** (e - 1) - 1 + bias_off
+    emax = bias + (1 if top_exp else 0)
+    mx = (2.0 if no_mantissa else 2.0 - 2.0 ** -mm) * (2.0 ** emax if emax < 1024 else math.inf)
+    eps = 2.0 ** -mm
+    tiny = 2.0 ** (1 - bias - (mm if subnormal_tiny else 0))
+    if no_mantissa:
+        mx = 2.0 ** emax
+    return mx, eps, tiny
+
+
+def test_format_properties_passes(capsys):
+    ch11.check_format_properties(props)
+    assert capsys.readouterr().out == "✓ format properties: all 7 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "format_properties is not implemented yet"),
+    (lambda e, m: props(e, m, mant_off=1), "max: mantissa bits off by one \\(implicit leading bit\\)"),
+    (lambda e, m: (props(e, m)[0], 2.0 ** -(m + 1), props(e, m)[2]), "eps: mantissa bits off by one"),
+    (lambda e, m: props(e, m, top_exp=True), "all-ones exponent is reserved"),
+    (lambda e, m: props(e, m, no_mantissa=True), "forgot the mantissa"),
+    (lambda e, m: props(e, m, subnormal_tiny=True), "smallest subnormal"),
+    (lambda e, m: (props(e, m)[0], props(e, m)[1], 2.0 ** -(2 ** (e - 1) - 1)), "tiny: bias off by one"),
+    (lambda e, m: props(e, m)[:2], "expected a tuple of 3 values"),
+])
+def test_format_properties_mistakes(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch11.check_format_properties(wrong)
+
+
+# ----------------------------------------------------------------------------- task 2
+def upd_ok(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    if found_inf:
+        return scale * backoff_factor, 0
+    tracker += 1
+    if tracker == growth_interval:
+        return scale * growth_factor, 0
+    return scale, tracker
+
+
+def upd_every_step(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    if found_inf:
+        return scale * backoff_factor, 0
+    return scale * growth_factor, tracker + 1
+
+
+def upd_no_reset_on_inf(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    if found_inf:
+        return scale * backoff_factor, tracker
+    tracker += 1
+    if tracker == growth_interval:
+        return scale * growth_factor, 0
+    return scale, tracker
+
+
+def upd_no_reset_after_growth(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    if found_inf:
+        return scale * backoff_factor, 0
+    tracker += 1
+    if tracker >= growth_interval:
+        return scale * growth_factor, tracker
+    return scale, tracker
+
+
+def upd_off_by_one(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    if found_inf:
+        return scale * backoff_factor, 0
+    if tracker == growth_interval:
+        return scale * growth_factor, 0
+    return scale, tracker + 1
+
+
+def upd_no_backoff(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    if found_inf:
+        return scale, 0
+    return upd_ok(scale, tracker, False, growth_factor, backoff_factor, growth_interval)
+
+
+def upd_bad_tracker(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    # right scales, but the tracker counts in tens (it must count clean steps)
+    if found_inf:
+        return scale * backoff_factor, 0
+    tracker += 10
+    if tracker == 10 * growth_interval:
+        return scale * growth_factor, 0
+    return scale, tracker
+
+
+def test_update_scale_passes(capsys):
+    ch11.check_update_scale(upd_ok)
+    assert capsys.readouterr().out == "✓ update scale: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "update_scale is not implemented yet"),
+    (upd_every_step, "scale grows on every step instead of after K clean steps"),
+    (upd_no_reset_on_inf, "not reset to 0 on an overflow"),
+    (upd_no_reset_after_growth, "not reset to 0 after growing"),
+    (upd_off_by_one, "off by one"),
+    (upd_no_backoff, "no backoff on overflow"),
+    (upd_bad_tracker, "the scales are right but growth_tracker is not"),
+])
+def test_update_scale_mistakes(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch11.check_update_scale(wrong)
+
+
+# ----------------------------------------------------------------------------- task 3
+def sgd_ok(params, grads, scale, lr, *, unscale=True, skip=True, factor=None):
+    grads = [g / scale if unscale else g for g in grads] if factor is None else [g * factor for g in grads]
+    found = any(not torch.isfinite(g).all() for g in grads)
+    if found and skip:
+        return params, False
+    return [p - lr * g for p, g in zip(params, grads)], True
+
+
+def test_scaled_sgd_passes(capsys):
+    ch11.check_scaled_sgd_step(sgd_ok)
+    assert capsys.readouterr().out == "✓ scaled SGD step: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "scaled_sgd_step is not implemented yet"),
+    (lambda p, g, s, lr: sgd_ok(p, g, s, lr, unscale=False), "forgot to unscale gradients before the optimizer step"),
+    (lambda p, g, s, lr: sgd_ok(p, g, s, lr, skip=False), "did not skip the step on overflow"),
+    (lambda p, g, s, lr: (sgd_ok(p, g, s, lr, skip=False)[0], sgd_ok(p, g, s, lr)[1]),
+     "did not skip the step on overflow"),
+    (lambda p, g, s, lr: sgd_ok(p, g, s, lr, factor=s), "multiplied by S instead of dividing"),
+    (lambda p, g, s, lr: ([q + lr * x / s for q, x in zip(p, g)], True), "gradient ascent|did not skip"),
+])
+def test_scaled_sgd_mistakes(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch11.check_scaled_sgd_step(wrong)
+
+
+def test_scaled_sgd_ascent_named():
+    def ascent(p, g, s, lr):
+        new, stepped = sgd_ok(p, g, s, lr)
+        return ([q + lr * x / s for q, x in zip(p, g)] if stepped else new), stepped
+    with pytest.raises(AssertionError, match="gradient ascent"):
+        ch11.check_scaled_sgd_step(ascent)
+
+
+# ----------------------------------------------------------------------------- task 4
+def master_ok(master, grad, lr):
+    new = master - lr * grad.float()
+    return new, new.half()
+
+
+def test_master_update_passes(capsys):
+    ch11.check_master_update(master_ok)
+    assert capsys.readouterr().out == "✓ master update: all 3 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "master_update is not implemented yet"),
+    (lambda m, g, lr: ((m.half() - lr * g).float(), m.half() - lr * g), "the update was done in fp16 and lost"),
+    (lambda m, g, lr: (master_ok(m, g, lr)[1], master_ok(m, g, lr)[1]), "master weights stay in float32"),
+    (lambda m, g, lr: (master_ok(m, g, lr)[0], master_ok(m, g, lr)[0]), "the model's copy is float16"),
+    (lambda m, g, lr: (master_ok(m, g, lr)[0], m.half()), "cast the \\*new\\* master"),
+    (lambda m, g, lr: master_ok(m, -g, lr), "gradient ascent"),
+])
+def test_master_update_mistakes(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch11.check_master_update(wrong)
