@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from course_lib.triton_kernels._common import check_kernel_input
-from course_lib.triton_kernels.softmax import MAX_BLOCK, _num_warps
+from course_lib.triton_kernels.softmax import _num_warps, as_rows
 
 __all__ = ["rms_norm_kernel", "rms_norm"]
 
@@ -50,16 +50,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
         raise ValueError(f"weight: expected the dtype of x, {x.dtype}; got {weight.dtype}")
     if not eps >= 0:
         raise ValueError(f"eps: expected a number ≥ 0; got {eps!r}")
-    block = triton.next_power_of_2(max(n_cols, 1))
-    if block > MAX_BLOCK:
-        raise ValueError(f"x: expected at most {MAX_BLOCK} columns for the one-row-per-program kernel; "
-                         f"got shape {tuple(x.shape)}")
-    x2 = x.reshape(-1, n_cols)
-    if x2.numel() and x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    if x2.numel() == 0:
-        return out.reshape(x.shape)
-    rms_norm_kernel[(x2.shape[0],)](out, x2, weight.contiguous(), x2.stride(0), out.stride(0), n_cols,
-                                    float(eps), BLOCK=block, num_warps=_num_warps(block))
+    x2, out, block = as_rows(x)
+    if x2.numel():
+        rms_norm_kernel[(x2.shape[0],)](out, x2, weight.contiguous(), x2.stride(0), out.stride(0), n_cols,
+                                        float(eps), BLOCK=block, num_warps=_num_warps(block))
     return out.reshape(x.shape)

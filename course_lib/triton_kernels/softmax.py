@@ -47,6 +47,20 @@ def _num_warps(block: int) -> int:
 def softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension of ``x`` (``[..., N]``, fp32 or fp16) by :func:`softmax_kernel`."""
     check_kernel_input("x", x, min_dim=1)
+    x2, out, block = as_rows(x)
+    if x2.numel():
+        softmax_kernel[(x2.shape[0],)](out, x2, x2.stride(0), out.stride(0), x2.shape[1],
+                                       BLOCK=block, num_warps=_num_warps(block))
+    return out.reshape(x.shape)
+
+
+def as_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Prepare ``x`` ``[..., N]`` for a one-program-per-row kernel.
+
+    Returns ``x2`` ``[R, N]`` (a view when the last dimension is contiguous), an empty output
+    ``[R, N]`` and ``BLOCK = next_power_of_2(N)``; raises ``ValueError`` when a row is longer
+    than :data:`MAX_BLOCK`.
+    """
     n_cols = x.shape[-1]
     block = triton.next_power_of_2(max(n_cols, 1))
     if block > MAX_BLOCK:
@@ -55,9 +69,4 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, n_cols)
     if x2.numel() and x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    if x2.numel() == 0:
-        return out.reshape(x.shape)
-    softmax_kernel[(x2.shape[0],)](out, x2, x2.stride(0), out.stride(0), n_cols,
-                                   BLOCK=block, num_warps=_num_warps(block))
-    return out.reshape(x.shape)
+    return x2, torch.empty(x2.shape, dtype=x.dtype, device=x.device), block
