@@ -21,6 +21,7 @@ from course_lib.model import (
     positions_from_mask,
 )
 from course_lib.sparse import sliding_window_mask
+from lm_properties import assert_left_padding_matches_alone, assert_no_leak
 
 ATOL = 2e-5
 
@@ -197,14 +198,7 @@ def test_n_kv_heads_equal_n_heads_is_mha():
 @pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=2), dict(n_kv_heads=1), dict(window=3),
                                 dict(pos_encoding="none")])
 def test_causal_no_leak(kw):
-    m = model_for(small(**kw))
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(37, (2, 12), generator=g)
-    changed = ids.clone()
-    changed[:, 7:] = torch.randint(37, (2, 5), generator=g)
-    a, b = m(ids), m(changed)
-    torch.testing.assert_close(a[:, :7], b[:, :7], atol=ATOL, rtol=1e-4)
-    assert not torch.allclose(a[:, 7:], b[:, 7:], atol=1e-3)     # the future did change
+    assert_no_leak(model_for(small(**kw)), 37, atol=ATOL)
 
 
 def test_window_limits_the_receptive_field():
@@ -226,19 +220,7 @@ def test_large_window_is_full_attention():
 
 @pytest.mark.parametrize("kw", [dict(), dict(n_kv_heads=1), dict(window=4), dict(pos_encoding="none")])
 def test_left_padding_gives_the_logits_of_each_prompt_alone(kw):
-    m = model_for(small(**kw))
-    g = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(2, 37, (n,), generator=g) for n in (9, 3, 6, 1)]
-    P = 9
-    ids = torch.zeros(len(prompts), P, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, P - len(p):], mask[b, P - len(p):] = p, 1
-    batched = m(ids, attention_mask=mask)
-    assert torch.isfinite(batched).all()
-    for b, p in enumerate(prompts):
-        alone = m(p[None])
-        torch.testing.assert_close(batched[b, P - len(p):], alone[0], atol=ATOL, rtol=1e-4)
+    assert_left_padding_matches_alone(model_for(small(**kw)), 37, atol=ATOL)
 
 
 def test_explicit_positions_equal_default():

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib import positional as P
+from lm_properties import assert_left_padding_matches_alone, assert_no_leak
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -337,27 +338,12 @@ def test_parameter_count_and_position_sensitivity(pe):
 
 @pytest.mark.parametrize("pe", ALL)
 def test_no_leak(pe):
-    m = lm(pe)
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(37, (2, 12), generator=g)
-    changed = ids.clone()
-    changed[:, 7:] = torch.randint(37, (2, 5), generator=g)
-    torch.testing.assert_close(m(ids)[:, :7], m(changed)[:, :7], atol=1e-5, rtol=1e-4)
+    assert_no_leak(lm(pe), 37, atol=1e-5)
 
 
 @pytest.mark.parametrize("pe", ALL)
 def test_left_padded_batch_equals_each_prompt_alone(pe):
-    m = lm(pe)
-    g = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(2, 37, (n,), generator=g) for n in (9, 3, 6, 1)]
-    P = 9
-    ids = torch.zeros(len(prompts), P, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, P - len(p):], mask[b, P - len(p):] = p, 1
-    batched = m(ids, attention_mask=mask)
-    for b, p in enumerate(prompts):
-        torch.testing.assert_close(batched[b, P - len(p):], m(p[None])[0], atol=1e-5, rtol=1e-4)
+    assert_left_padding_matches_alone(lm(pe), 37, atol=1e-5)
 
 
 @pytest.mark.parametrize("pe, kw", [("rope", {}), ("alibi", {}), ("relative", {}), ("sinusoidal", {}),
