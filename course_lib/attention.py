@@ -23,6 +23,7 @@ __all__ = [
     "entropy",
     "softmax_jacobian",
     "attention_scores",
+    "softcap",
     "scaled_dot_product_attention",
     "plot_attention",
 ]
@@ -60,6 +61,25 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     denom = e.sum(dim=dim, keepdim=True)
     out = e / torch.where(denom == 0, torch.ones_like(denom), denom)
     return out.to(x.dtype)
+
+
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """Logit soft-capping (Gemma-2): ``cap · tanh(x / cap)``.
+
+    Close to the identity for ``|x| ≪ cap`` (tanh(u) ≈ u), smoothly bounded to ``(−cap, cap)``
+    for large ``|x|``; its derivative ``1 − tanh²(x / cap)`` vanishes for ``|x| ≫ cap``. Applied to
+    attention scores it must come *before* the mask (capping −inf would give −cap, a finite score).
+
+    Args:
+        x: any floating tensor.
+        cap: the bound σ > 0.
+    Returns:
+        a tensor of the shape and dtype of ``x``.
+    """
+    check_floating("x", x)
+    if not (isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0):
+        raise ValueError(f"cap: expected a positive number; got {cap!r}")
+    return cap * torch.tanh(x / cap)
 
 
 def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:

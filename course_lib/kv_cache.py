@@ -272,6 +272,9 @@ def make_cache(model, batch: int, max_len: int, kind: str = "static"):
     if kind == "rolling":
         if cfg.window is None:
             raise ValueError("kind: 'rolling' needs a model with a sliding window (config.window); got window=None")
+        if getattr(cfg, "local_global", False):
+            raise ValueError("kind: 'rolling' keeps only the last window keys, but local_global models have "
+                             "global layers that need every key; expected 'static' or 'concat'")
         return RollingKVCache(window=cfg.window, dtype=p.dtype, device=p.device, **common)
     if kind == "concat":
         return ConcatKVCache(**common)
@@ -372,7 +375,7 @@ def generate(model, prompts, max_new_tokens: int, *, use_cache: bool = True, cac
         model: a ``course_lib.model.DecoderLM``.
         prompts: a list of token-id lists, of different lengths (they are left-padded).
         use_cache: False recomputes the whole sequence every step (the baseline).
-        cache: ``"static"`` (default; ``"rolling"`` when the model has a window) or ``"concat"``.
+        cache: ``"static"`` (default; ``"rolling"`` when every layer has a window) or ``"concat"``.
         temperature: 0 → greedy (argmax); > 0 → sample from ``softmax(logits / temperature)``.
         top_k: sample only among the ``top_k`` most likely tokens.
         generator: a seeded ``torch.Generator`` for reproducible sampling.
@@ -397,7 +400,9 @@ def generate(model, prompts, max_new_tokens: int, *, use_cache: bool = True, cac
     padded = bool((mask == 0).any())
     kv = None
     if use_cache:
-        kind = cache or ("rolling" if model.config.window is not None else "static")
+        # a rolling buffer only when every layer is windowed (Gemma-2's global layers need every key)
+        windowed = model.config.window is not None and not getattr(model.config, "local_global", False)
+        kind = cache or ("rolling" if windowed else "static")
         kv = make_cache(model, B, total, kind)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     was_training = model.training

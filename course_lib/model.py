@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.attention import softcap
 from course_lib.ffn import FFN_KINDS, GLU_VARIANTS, build_feed_forward, ffn_num_parameters, glu_hidden_dim
 from course_lib.kv_cache import repeat_kv
 from course_lib.masks import causal_mask
@@ -128,6 +129,12 @@ class ModelConfig:
         top_k: experts per token when ``n_experts > 0`` (Mixtral: 8 experts, top-2).
         moe_alpha: weight α of the load-balancing loss each ``MoE`` layer stores in ``aux_loss``
             (add ``course_lib.moe.moe_aux_loss(model)`` to the training loss).
+        attn_softcap: Gemma-2's soft-capping of the attention scores, ``σ · tanh(s / σ)`` before the
+            mask and softmax (``None``: off; Gemma-2 uses 50). Not fused: an explicit attention path.
+        final_softcap: soft-capping of the output logits (``None``: off; Gemma-2 uses 30).
+        local_global: with a ``window``, apply it only on the even layers 0, 2, 4, … (local
+            attention) and let the odd layers see every key (global), as Gemma-2 alternates them.
+            ``False``: every layer uses ``window``. Generation then needs a full (static) cache.
     """
 
     vocab_size: int
@@ -152,6 +159,9 @@ class ModelConfig:
     n_experts: int = 0
     top_k: int = 2
     moe_alpha: float = 0.01
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    local_global: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
@@ -203,6 +213,17 @@ class ModelConfig:
             raise ValueError(f"top_k: expected an int in [1, n_experts = {self.n_experts}]; got {self.top_k!r}")
         if not (isinstance(self.moe_alpha, (int, float)) and self.moe_alpha >= 0):
             raise ValueError(f"moe_alpha: expected a non-negative number; got {self.moe_alpha!r}")
+        for name in ("attn_softcap", "final_softcap"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and value > 0):
+                raise ValueError(f"{name}: expected None or a positive number; got {value!r}")
+        if self.attn_softcap is not None and self.pos_encoding == "relative":
+            raise ValueError("attn_softcap: not supported with pos_encoding='relative'; expected None")
+        if not isinstance(self.local_global, bool):
+            raise ValueError(f"local_global: expected a bool; got {self.local_global!r}")
+        if self.local_global and self.window is None:
+            raise ValueError("local_global: alternates windowed and full layers, so it needs a window; got window=None")
 
     @property
     def head_dim(self) -> int:
@@ -225,6 +246,13 @@ class ModelConfig:
         if self.d_ff is not None:
             return self.d_ff
         return glu_hidden_dim(self.d_model, multiple_of=64) if self.ffn in GLU_VARIANTS else 4 * self.d_model
+
+    def layer_window(self, layer_idx: int) -> int | None:
+        """The window of layer ``layer_idx``: ``window`` on every layer, or with ``local_global``
+        on the even (local) layers only — layer 0 is local, as in Gemma-2 — and None on the odd ones."""
+        if self.local_global and layer_idx % 2 == 1:
+            return None
+        return self.window
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -324,9 +352,10 @@ class CausalSelfAttention(nn.Module):
     keys and values are written into it and attention runs over everything cached so far.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__()
         self.config = config
+        self.window = config.layer_window(layer_idx)     # None on Gemma-2's global layers
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
         self.n_rep = config.n_rep
         kv_dim = self.n_kv_heads * self.head_dim
@@ -372,8 +401,19 @@ class CausalSelfAttention(nn.Module):
 
         ``"relative"`` instead runs ``positional.relative_attention`` (Shaw et al.: the scores get
         ``q_i · a^K_ij`` and the output ``Σ_j α_ij a^V_ij``, which need q and the weights — no fused
-        kernel has them; no attention dropout on this path).
+        kernel has them; no attention dropout on this path). With ``attn_softcap`` (Gemma-2) the
+        scores are computed explicitly: ``softmax(mask(σ · tanh(q kᵀ / √d / σ)))`` — capped before
+        the mask, so masked keys stay at −inf.
         """
+        if self.config.attn_softcap is not None:
+            if mask is None and is_causal:
+                mask = causal_mask(q.shape[2], k.shape[2], device=q.device)
+            scores = softcap(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), self.config.attn_softcap)
+            if mask is not None:
+                scores = (scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
+                          else scores + mask)
+            weights = F.dropout(torch.softmax(scores.float(), dim=-1).to(q.dtype), self.dropout, self.training)
+            return weights @ v
         if self.relative is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                                   dropout_p=self.dropout if self.training else 0.0)
@@ -410,7 +450,7 @@ class CausalSelfAttention(nn.Module):
         offset = position_ids[:, -1:] - q_idx[-1]                 # [B, 1]
         k_positions = (k_idx[None, :] + offset).clamp_min(0)     # [B, S]
         bias = self.attention_bias(position_ids, k_positions)
-        window = self.config.window
+        window = self.window
         mask, is_causal = None, False
         if attention_mask is None and window is None and ordered and bias is None:
             is_causal = T > 1            # fast paths: plain causal prefill, or one query seeing every key
@@ -437,11 +477,11 @@ class Block(nn.Module):
     sandwich (Gemma-2): ``x + post_norm1(attn(norm1(x)))``, then ``x + post_norm2(ffn(norm2(x)))``.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer_idx: int = 0):
         super().__init__()
         self.placement = config.norm_placement
         self.norm1 = build_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
         self.norm2 = build_norm(config)
         self.ffn = build_ffn(config)
         self.drop = nn.Dropout(config.dropout)
@@ -467,7 +507,7 @@ class DecoderLM(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = build_absolute_positions(config)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm_f = build_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -532,7 +572,10 @@ class DecoderLM(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, position_ids, attention_mask, cache, i)
-        return self.lm_head(self.norm_f(x))
+        logits = self.lm_head(self.norm_f(x))
+        if self.config.final_softcap is not None:                 # Gemma-2: σ · tanh(logits / σ)
+            logits = softcap(logits, self.config.final_softcap)
+        return logits
 
 
 def count_parameters(config: ModelConfig) -> int:
