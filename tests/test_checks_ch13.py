@@ -1,0 +1,152 @@
+"""The Exercise 13 checks pass the reference answers and name the likely mistake otherwise."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from course_lib.architectures import published_parameters
+from course_lib.grading import ch13
+from course_lib.model import ModelConfig
+from conftest import stub
+
+
+# ----------------------------------------------------------------------------- task 1
+def softcap_ok(x, cap):
+    return cap * torch.tanh(x / cap)
+
+
+def test_softcap_passes(capsys):
+    ch13.check_softcap(softcap_ok)
+    assert capsys.readouterr().out == "✓ softcap: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "softcap is not implemented yet"),
+    (lambda x, cap: torch.tanh(x / cap), "tanh without rescaling by σ"),
+    (lambda x, cap: cap * torch.tanh(x), "divide by the cap inside tanh"),
+    (lambda x, cap: x.clamp(-cap, cap), "hard clipping"),
+    (lambda x, cap: softcap_ok(x, cap).float(), "expected dtype"),
+    (lambda x, cap: softcap_ok(x, cap).flatten(), "expected shape"),
+    (lambda x, cap: softcap_ok(x, cap) + 1e-2, "wrong values"),
+])
+def test_softcap_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch13.check_softcap(wrong)
+
+
+# ----------------------------------------------------------------------------- task 2
+def capped_ok(scores, mask, cap):
+    return softcap_ok(scores, cap).masked_fill(~mask, float("-inf"))
+
+
+def test_capped_scores_passes(capsys):
+    ch13.check_capped_scores(capped_ok)
+    assert capsys.readouterr().out == "✓ capped_scores: all 4 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "capped_scores is not implemented yet"),
+    (lambda s, m, c: softcap_ok(s.masked_fill(~m, float("-inf")), c), "capped after the mask"),
+    (lambda s, m, c: softcap_ok(s, c).masked_fill(m, float("-inf")), "mask inverted"),
+    (lambda s, m, c: s.masked_fill(~m, float("-inf")), "not capped"),
+    (lambda s, m, c: torch.tanh(s / c).masked_fill(~m, float("-inf")), "tanh without rescaling"),
+    (lambda s, m, c: softcap_ok(s, c).masked_fill(~m, 0.0), "masked with 0"),
+])
+def test_capped_scores_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch13.check_capped_scores(wrong)
+
+
+# ----------------------------------------------------------------------------- task 3
+def llama_ok(**changes):
+    return ModelConfig(**{**ch13.LLAMA_DESCRIPTION, **changes})
+
+
+def test_llama_config_passes(capsys):
+    ch13.check_llama_config(llama_ok())
+    assert capsys.readouterr().out == f"✓ llama_config: all {len(ch13.LLAMA_DESCRIPTION)} cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (None, "llama_cfg is not implemented yet"),
+    (dict(vocab_size=96), "expected a course_lib.model.ModelConfig"),
+    (llama_ok(n_kv_heads=None), "kv heads counted as query heads"),
+    (llama_ok(n_kv_heads=8), "kv heads counted as query heads"),
+    (llama_ok(norm="layernorm"), "RMSNorm"),
+    (llama_ok(rope_base=10000.0), "500 000"),
+    (llama_ok(ffn="geglu"), "SwiGLU"),
+    (llama_ok(bias=True), "no biases"),
+    (llama_ok(tie_embeddings=True), "tie_embeddings=False"),
+    (llama_ok(pos_encoding="learned"), "rope"),
+    (llama_ok(n_layers=3), "n_layers: expected 4"),
+])
+def test_llama_config_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch13.check_llama_config(wrong)
+
+
+# ----------------------------------------------------------------------------- task 4
+def count_wrong(**changes):
+    return lambda spec: published_parameters({**spec, **{k: (v(spec) if callable(v) else v)
+                                                        for k, v in changes.items()}})
+
+
+def test_count_params_passes(capsys):
+    ch13.check_count_params(published_parameters)
+    assert capsys.readouterr().out == "✓ count_params: all 6 cases passed\n"
+
+
+def _glu_two(spec):
+    n = published_parameters(spec)
+    return n - spec["n_layers"] * spec["d_ff"] * spec["d_model"] if spec["ffn"] in ("swiglu", "geglu") else n
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "count_params is not implemented yet"),
+    (count_wrong(n_kv_heads=lambda s: s["n_heads"]), "kv heads counted as query heads"),
+    (count_wrong(tie_embeddings=True), "untied head counted once"),
+    (count_wrong(sandwich=False), "sandwich norms forgotten"),
+    (count_wrong(head_dim=lambda s: s["d_model"] // s["n_heads"]), "head_dim taken as d_model / n_heads"),
+    (_glu_two, "GLU FFN counted as two matrices"),
+    (lambda s: published_parameters(s) + 1, "off by \\+1"),
+    (lambda s: "many", "expected a number"),
+])
+def test_count_params_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch13.check_count_params(wrong)
+
+
+def test_count_params_names_forgotten_positions_and_norms():
+    with pytest.raises(AssertionError, match="learned positions forgotten"):
+        ch13.check_count_params(lambda s: published_parameters(s) - (s["max_seq_len"] * s["d_model"]
+                                                                     if s["learned_positions"] else 0))
+    norms = lambda s: (s["n_layers"] * (4 if s["sandwich"] else 2) + 1) * s["d_model"] * (  # noqa: E731
+        2 if s["norm"] == "layernorm" else 1)
+    with pytest.raises(AssertionError, match="norms forgotten"):
+        ch13.check_count_params(lambda s: published_parameters(s) - norms(s))
+
+
+# ----------------------------------------------------------------------------- task 5
+def test_local_layers_passes(capsys):
+    ch13.check_local_layers(lambda n: list(range(0, n, 2)))
+    assert capsys.readouterr().out == "✓ local_layers: all 6 cases passed\n"
+    ch13.check_local_layers(lambda n: torch.arange(0, n, 2))
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "local_layers is not implemented yet"),
+    (lambda n: list(range(1, n, 2)), "off by one: layer 0 is local"),
+    (lambda n: list(range(n)), "every layer local is Mistral"),
+    (lambda n: list(range(0, n, 3)), "expected \\[0"),
+    (lambda n: 3, "expected a list of layer indices"),
+])
+def test_local_layers_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch13.check_local_layers(wrong)
+
+
+def test_config_is_a_dataclass():      # the description is the fields of a real config
+    assert set(ch13.LLAMA_DESCRIPTION) <= {f.name for f in dataclasses.fields(ModelConfig)}
