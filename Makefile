@@ -54,7 +54,7 @@ grade: setup  ## autograde NB=path (a notebook or a folder; default: every exerc
 # cache, solutions graded strictly (their nbval run), exercises graded, sync and tampering;
 # (2) the book built from that cache with zero warnings; (3) headless Chromium on the book.
 test: setup chromium  ## everything: library, notebooks, grading, book build, browser
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not browser" tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not browser" --durations=15 tests
 	$(BUILD_BOOK)
 	$(BIN)/python -m pytest -m browser tests/test_book.py
 

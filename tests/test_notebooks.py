@@ -26,10 +26,12 @@ LECTURES = notebooks("notebooks")
 SOLUTIONS = notebooks("solutions")
 EXERCISES = notebooks("exercises")
 # Budget per lecture notebook on a 2-core CPU is 60 s (Triton chapter: 120 s), measured alone
-# and recorded in the README. Under `pytest -n 2` two notebooks share the cores, so the guard
-# here is twice that: a notebook that blows it is far over budget.
-BUDGET = {"12_triton.ipynb": 240}
-DEFAULT_BUDGET = 120
+# and recorded in the README (every chapter measures 14–28 s there). Under `pytest -n 2` a notebook
+# shares the cores with whatever the other worker runs (grading kernels, the Triton interpreter),
+# and one run of 06_positions (20 s alone) took 141 s that way on a fresh clone, so the guard here
+# is four times the budget: it catches a notebook that is far over budget, not a busy neighbour.
+BUDGET = {"12_triton.ipynb": 480}
+DEFAULT_BUDGET = 240
 
 
 def ids(paths):
