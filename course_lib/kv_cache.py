@@ -112,6 +112,12 @@ class _Cache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
 
+    def _allocate(self, slots: int, dtype: torch.dtype, device) -> None:
+        """The buffers ``k``, ``v``: ``[n_layers, batch, n_kv_heads, slots, head_dim]``, taken once."""
+        shape = (self.n_layers, self.batch, self.n_kv_heads, slots, self.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
     def _check(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> int:
         if not (isinstance(layer_idx, int) and 0 <= layer_idx < self.n_layers):
             raise ValueError(f"layer_idx: expected an int in [0, {self.n_layers}); got {layer_idx!r}")
@@ -142,9 +148,7 @@ class KVCache(_Cache):
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__(n_layers, batch, n_kv_heads, head_dim)
         self.max_len = _check_pos_int("max_len", max_len)
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._allocate(max_len, dtype, device)
         self._columns = torch.arange(max_len, device=device)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int):
@@ -221,9 +225,7 @@ class RollingKVCache(_Cache):
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__(n_layers, batch, n_kv_heads, head_dim)
         self.window = _check_pos_int("window", window)
-        shape = (n_layers, batch, n_kv_heads, window, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._allocate(window, dtype, device)
         self.slot_index = torch.full((n_layers, window), -1, dtype=torch.long, device=device)
         self._returned = [self.slot_index[i] for i in range(n_layers)]
 
