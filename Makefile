@@ -49,14 +49,25 @@ exercises: setup  ## regenerate exercises/ from solutions/ (never edit exercises
 grade: setup  ## autograde NB=path (a notebook or a folder; default: every exercise)
 	$(BIN)/python -m course_lib.grade $(NB)
 
-# make test: the pytest workers (and the kernels they start) get one torch thread each, since
-# JOBS workers share the cores; (1) course_lib against torch, notebooks executed once into the book's execution
-# cache, solutions graded strictly (their nbval run), exercises graded, sync and tampering;
-# (2) the book built from that cache with zero warnings; (3) headless Chromium on the book.
-test: setup chromium  ## everything: library, notebooks, grading, book build, browser
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not browser" --durations=15 tests
+# The tests, in four targets; `make test` runs them all (it is what .ci/run calls). The pytest
+# workers (and the kernels they start) get one torch thread each, since JOBS workers share the cores.
+PYTEST = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(JOBS) --durations=10
+
+test-lib: setup  ## library and exercise checks against torch (no notebooks, no browser; the fast loop)
+	$(PYTEST) -m "not notebooks and not grading and not browser" tests
+
+test-notebooks: setup  ## execute every lecture notebook into the book's execution cache, within budget
+	$(PYTEST) -m notebooks tests
+
+test-grading: setup  ## grade every solution (full marks) and exercise (zero), tampering, the grader itself
+	$(PYTEST) -m grading tests
+
+test-book: setup chromium  ## build the book from the cache with zero warnings; open it in headless Chromium
+	$(BIN)/python -m course_lib.tools.nbexec --jobs $(JOBS) notebooks/*.ipynb
 	$(BUILD_BOOK)
 	$(BIN)/python -m pytest -m browser tests/test_book.py
+
+test: test-lib test-notebooks test-grading test-book  ## everything: library, notebooks, grading, book build, browser
 
 clean:  ## remove the built book, the execution cache and Python caches (keeps .venv)
 	rm -rf _build .hypothesis grading_reports

@@ -1,15 +1,15 @@
-"""Shared test settings: hypothesis profile, the repository root, and notebook lists."""
+"""Shared test settings: the hypothesis profile and one torch thread per worker.
+
+Helpers that tests import (the repository root, notebook lists, the exercise stub) live in
+``tests/helpers.py``: pytest advises against importing from conftest."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # CI is a 2-core machine: a moderate number of examples per property, no per-example
 # deadline (the first call into torch is slow), derandomized so a failure reproduces.
@@ -18,10 +18,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "course"))
-
-
-def notebooks(folder: str) -> list[Path]:
-    return sorted((ROOT / folder).glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,8 +31,3 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def stub(*args, **kwargs):
-    """An unfilled exercise answer, as the generated exercise has it."""
-    raise NotImplementedError("fill in this answer")

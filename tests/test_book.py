@@ -25,12 +25,11 @@ import pytest
 import yaml
 
 from course_lib.tools.project import colab_url
+from helpers import ROOT, SOURCE_SUFFIXES, toc_files
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
-TOC = ROOT / "_toc.yml"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -38,27 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-SOURCE_SUFFIXES = (".ipynb", ".md")
 
 
 # --------------------------------------------------------------------------- the pages
-
-
-def toc_files(toc_path: Path = TOC) -> list[str]:
-    """Every ``file`` of a jb-book ``_toc.yml``, root first, in reading order."""
-    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            for key in ("parts", "chapters", "sections"):
-                walk(entry.get(key))
-
-    walk(toc.get("parts"))
-    walk(toc.get("chapters"))
-    return [str(Path(f).with_suffix("")) if Path(f).suffix in SOURCE_SUFFIXES else f for f in files]
 
 
 def source_of(doc: str) -> Path:

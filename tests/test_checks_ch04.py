@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.grading import ch04
-from conftest import stub
+from helpers import stub
 
 
 # ----------------------------------------------------------------------------- task 1

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch05
-from conftest import stub
+from helpers import stub
 
 
 # ----------------------------------------------------------------------------- task 1

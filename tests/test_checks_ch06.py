@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch06
-from conftest import stub
+from helpers import stub
 
 
 # ----------------------------------------------------------------------------- task 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch08
-from conftest import stub
+from helpers import stub
 
 
 # ----------------------------------------------------------------------------- task 1

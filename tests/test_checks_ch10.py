@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch10
-from conftest import stub
+from helpers import stub
 
 
 def ij(n):

@@ -10,7 +10,7 @@ import torch
 from course_lib.architectures import published_parameters
 from course_lib.grading import ch13
 from course_lib.model import ModelConfig
-from conftest import stub
+from helpers import stub
 
 
 # ----------------------------------------------------------------------------- task 1

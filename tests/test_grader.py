@@ -10,7 +10,6 @@ import sys
 import nbformat
 import pytest
 
-from conftest import ROOT
 from course_lib import grade as grader
 from course_lib.grading.notebook import (
     BEGIN,
@@ -22,6 +21,9 @@ from course_lib.grading.notebook import (
     stub_source,
     validate_solution,
 )
+from helpers import ROOT
+
+pytestmark = pytest.mark.grading
 
 SOLUTION = ROOT / "solutions" / "01_attention.ipynb"
 
