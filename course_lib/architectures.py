@@ -14,15 +14,14 @@ Five recipes, seven years apart at the ends:
 
 ``gpt2_config(**overrides)`` … ``gemma2_config(**overrides)`` return *toy-sized*
 :class:`~course_lib.model.ModelConfig`\\ s with those recipes (a few hundred thousand parameters).
-:data:`PUBLISHED` holds the real hyper-parameters of the published models, and
-:func:`published_parameters` counts their parameters by formula (with an explicit ``head_dim``:
-Gemma-2's 16 · 256 = 4096 ≠ d_model = 3584, which ``ModelConfig`` cannot express);
-:data:`PUBLISHED_TOTALS` are the totals the papers and model cards report.
+:data:`PUBLISHED` holds the real hyper-parameters of the published models as ``ModelConfig``
+keyword arguments (``published_config(name)`` builds one; Gemma-2's 16 heads of 256 in a
+3584-wide model need the explicit ``head_dim``), and ``course_lib.model.count_parameters`` counts
+them; :data:`PUBLISHED_TOTALS` are the totals of the released checkpoints, which it reproduces exactly.
 """
 
 from __future__ import annotations
 
-from course_lib.ffn import ffn_num_parameters
 from course_lib.model import ModelConfig
 
 __all__ = [
@@ -35,7 +34,7 @@ __all__ = [
     "mixtral_config",
     "gemma2_config",
     "make_config",
-    "published_parameters",
+    "published_config",
     "recipe_row",
 ]
 
@@ -108,7 +107,7 @@ def recipe_row(config: ModelConfig) -> dict:
         "norm": f"{config.norm} ({config.norm_placement})",
         "positions": config.pos_encoding + (f" (base {config.rope_base:g})" if config.pos_encoding == "rope" else ""),
         "FFN": config.ffn,
-        "heads / kv": f"{config.n_heads} / {config.kv_heads}",
+        "heads / kv": f"{config.n_heads} / {config.n_kv_heads}",
         "window": window,
         "MoE": f"{config.n_experts} experts, top-{config.top_k}" if config.n_experts else "—",
         "bias": "yes" if config.bias else "no",
@@ -120,56 +119,37 @@ def recipe_row(config: ModelConfig) -> dict:
 
 # ----------------------------------------------------------------------------- published models
 # Hyper-parameters from the papers / released configs (Radford et al. 2019; Grattafiori et al. 2024,
-# Table 3; Jiang et al. 2023, Table 1; Jiang et al. 2024, Table 1; Gemma Team 2024, Tables 1–2).
+# Table 3; Jiang et al. 2023, Table 1; Jiang et al. 2024, Table 1; Gemma Team 2024, Tables 1–2), as
+# ModelConfig keyword arguments: one schema for toy and published models.
+_LLAMA_BLOCK = dict(norm="rmsnorm", pos_encoding="rope", ffn="swiglu", bias=False, tie_embeddings=False)
 PUBLISHED = {
-    "gpt2-small": dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64,
-                       d_ff=3072, ffn="gelu", norm="layernorm", sandwich=False, bias=True, tie_embeddings=True,
-                       max_seq_len=1024, learned_positions=True, n_experts=0, top_k=0),
-    "llama-3-8b": dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
-                       d_ff=14336, ffn="swiglu", norm="rmsnorm", sandwich=False, bias=False, tie_embeddings=False,
-                       max_seq_len=8192, learned_positions=False, n_experts=0, top_k=0, rope_base=500000.0),
-    "mistral-7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
-                       d_ff=14336, ffn="swiglu", norm="rmsnorm", sandwich=False, bias=False, tie_embeddings=False,
-                       max_seq_len=8192, learned_positions=False, n_experts=0, top_k=0, window=4096),
-    "mixtral-8x7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
-                         d_ff=14336, ffn="swiglu", norm="rmsnorm", sandwich=False, bias=False, tie_embeddings=False,
-                         max_seq_len=32768, learned_positions=False, n_experts=8, top_k=2),
+    "gpt2-small": dict(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=1024,
+                       ffn="gelu", norm="layernorm", pos_encoding="learned", bias=True, tie_embeddings=True),
+    "llama-3-8b": dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+                       max_seq_len=8192, rope_base=500000.0, **_LLAMA_BLOCK),
+    "mistral-7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+                       max_seq_len=8192, window=4096, **_LLAMA_BLOCK),
+    "mixtral-8x7b": dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336,
+                         max_seq_len=32768, rope_base=1e6, n_experts=8, top_k=2, **_LLAMA_BLOCK),
     "gemma-2-9b": dict(vocab_size=256000, d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8, head_dim=256,
-                       d_ff=14336, ffn="geglu", norm="rmsnorm", sandwich=True, bias=False, tie_embeddings=True,
-                       max_seq_len=8192, learned_positions=False, n_experts=0, top_k=0, window=4096,
+                       d_ff=14336, max_seq_len=8192, ffn="geglu", norm="rmsnorm", norm_placement="sandwich",
+                       pos_encoding="rope", bias=False, tie_embeddings=True, window=4096, local_global=True,
                        attn_softcap=50.0, final_softcap=30.0),
 }
 
 # (total, active per token or None, where the number comes from)
 PUBLISHED_TOTALS = {
     "gpt2-small": (124_439_808, None, "released checkpoint (the paper's table says 117M)"),
-    "llama-3-8b": (8.03e9, None, "model card: 8B (8.03B)"),
-    "mistral-7b": (7.24e9, None, "paper: 7B; release: 7.3B; checkpoint 7.24B"),
-    "mixtral-8x7b": (46.7e9, 12.9e9, "paper: 47B total, 13B active; release: 46.7B / 12.9B"),
+    "llama-3-8b": (8_030_261_248, None, "released checkpoint; model card: 8B"),
+    "mistral-7b": (7_241_732_096, None, "released checkpoint; paper: 7B, release note: 7.3B"),
+    "mixtral-8x7b": (46_702_792_704, 12.9e9, "released checkpoint; paper: 47B total, 13B active; release: 12.9B active"),
     "gemma-2-9b": (8_324_201_984 + 917_504_000, None, "paper Table 2: 8,324,201,984 non-embedding + 917,504,000 embedding"),
 }
 
 
-def published_parameters(spec: dict, active: bool = False) -> int:
-    """Parameters of a published model by formula (``spec`` as in :data:`PUBLISHED`).
-
-    Per layer: Q and O ``2 · d · h · d_h``, K and V ``2 · d · h_kv · d_h`` (+ biases), the FFN
-    (``ffn.ffn_num_parameters``; an MoE: ``n_experts`` FFNs + a router ``d · n_experts``, of which
-    ``top_k`` FFNs are *active* per token), 2 norms (4 with the sandwich), ``d`` each (LayerNorm
-    with β: ``2d``). Plus the embedding ``V · d``, learned positions, the final norm and an untied
-    head ``V · d``.
-    """
-    d, dh, h, hkv, V = spec["d_model"], spec["head_dim"], spec["n_heads"], spec["n_kv_heads"], spec["vocab_size"]
-    b = 1 if spec["bias"] else 0
-    norm = d * (1 + b) if spec["norm"] == "layernorm" else d
-    attn = 2 * d * h * dh + 2 * d * hkv * dh + b * (h * dh + 2 * hkv * dh + d)
-    ffn = ffn_num_parameters(d, spec["d_ff"], spec["ffn"], bias=spec["bias"])
-    if spec["n_experts"]:
-        ffn = (spec["top_k"] if active else spec["n_experts"]) * ffn + d * spec["n_experts"]
-    block = attn + ffn + (4 if spec["sandwich"] else 2) * norm
-    total = V * d + spec["n_layers"] * block + norm
-    if spec["learned_positions"]:
-        total += spec["max_seq_len"] * d
-    if not spec["tie_embeddings"]:
-        total += V * d
-    return total
+def published_config(name: str) -> ModelConfig:
+    """The ``ModelConfig`` of a published model (a key of :data:`PUBLISHED`): for counting and
+    for building it on the ``meta`` device (its weights would take gigabytes)."""
+    if name not in PUBLISHED:
+        raise ValueError(f"name: expected one of {list(PUBLISHED)}; got {name!r}")
+    return ModelConfig(**PUBLISHED[name])

@@ -6,6 +6,16 @@ Shapes follow the course convention: attention internals are ``[..., seq, head_d
 usually ``[batch, heads, seq, head_dim]``; queries have length ``T``, keys and values
 length ``S`` (``S = T`` for self-attention).
 
+Chapter 4 adds grouped-query attention (GQA, Ainslie et al., 2023): ``h`` query heads share
+``h_kv`` key/value heads, query head ``i`` reading K/V head ``i // n_rep`` (``n_rep = h / h_kv``).
+Two ways to compute it live here, beside the attention they feed (where LLaMA's code keeps them):
+
+* :func:`repeat_kv` copies every K/V head ``n_rep`` times and calls ordinary attention — the
+  textbook version, and the reference in the tests;
+* :func:`grouped_query_attention` stacks the ``n_rep`` query heads of a group as ``n_rep · T`` rows
+  of one query matrix instead, so K and V are read once and never copied — what makes a smaller
+  cache a faster decoding step.
+
 Everything here is checked against ``torch.softmax`` and
 ``torch.nn.functional.scaled_dot_product_attention`` in ``tests/test_attention.py``.
 """
@@ -15,8 +25,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from course_lib.utils import check_floating, check_tensor
+from course_lib.utils import check_floating, check_int, check_tensor
 
 __all__ = [
     "softmax",
@@ -25,6 +36,11 @@ __all__ = [
     "attention_scores",
     "softcap",
     "scaled_dot_product_attention",
+    "repeat_kv",
+    "group_queries",
+    "ungroup_queries",
+    "group_mask",
+    "grouped_query_attention",
     "plot_attention",
 ]
 
@@ -221,6 +237,84 @@ def scaled_dot_product_attention(
     if return_weights:
         return out, weights.to(q.dtype)
     return out
+
+
+# ----------------------------------------------------------------------------- GQA (Chapter 4)
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``[B, h_kv, T, d]`` → ``[B, h_kv·n_rep, T, d]``: K/V head ``g`` serves query heads ``g·n_rep … g·n_rep + n_rep − 1``.
+
+    Each K/V head is repeated ``n_rep`` times *consecutively* (``torch.repeat_interleave`` on the
+    head dimension, not ``Tensor.repeat``, which would tile the heads 0, 1, 0, 1, …). ``n_rep = 1``
+    (multi-head attention) returns ``x`` itself. For ``n_rep > 1`` the expand + reshape is a copy
+    of the whole tensor: at a decoding step, ``n_rep`` copies of the cache — exactly the memory
+    traffic GQA exists to avoid (:func:`grouped_query_attention` avoids it).
+    """
+    check_tensor("x", x, ndim=4)
+    check_int("n_rep", n_rep)
+    if n_rep == 1:
+        return x
+    B, h_kv, T, d = x.shape
+    return x[:, :, None, :, :].expand(B, h_kv, n_rep, T, d).reshape(B, h_kv * n_rep, T, d)
+
+
+def group_queries(q: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
+    """``[B, h, T, d]`` → ``[B, h_kv, n_rep·T, d]``: the ``n_rep`` query heads of each group as rows of one matrix.
+
+    Query heads ``g·n_rep … g·n_rep + n_rep − 1`` all read K/V head ``g``, so they can be one
+    query matrix of ``n_rep · T`` rows against that head's ``S`` keys. A view when ``q`` is
+    contiguous: nothing is copied.
+    """
+    B, h, T, d = q.shape
+    return q.reshape(B, n_kv_heads, (h // n_kv_heads) * T, d)
+
+
+def ungroup_queries(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of :func:`group_queries`: ``[B, h_kv, n_rep·T, ...]`` → ``[B, h, T, ...]``."""
+    B, h_kv, rows = x.shape[:3]
+    return x.reshape(B, n_heads, rows * h_kv // n_heads, *x.shape[3:])
+
+
+def group_mask(mask: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.Tensor:
+    """A mask ``[B or 1, 1 or h, T, S]`` laid out for :func:`group_queries`: ``[B or 1, 1 or h_kv, n_rep·T, S]``.
+
+    A per-head mask (ALiBi's bias) is regrouped like the queries (a view); a mask shared by all
+    heads is repeated for the ``n_rep`` query heads of a group (``n_rep`` copies of the mask,
+    not of K/V).
+    """
+    Bm, hm, T, S = mask.shape
+    n_rep = n_heads // n_kv_heads
+    if hm == n_heads:
+        return mask.reshape(Bm, n_kv_heads, n_rep * T, S)
+    return mask[:, :, None].expand(Bm, hm, n_rep, T, S).reshape(Bm, hm, n_rep * T, S)
+
+
+def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                            *, is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention of ``h`` query heads over ``h_kv`` K/V heads with PyTorch's fused kernel, K/V never copied.
+
+    Args:
+        q: ``[B, h, T, d]``;  k, v: ``[B, h_kv, S, d]`` with ``h_kv`` dividing ``h``.
+        mask: ``[B or 1, 1 or h, T, S]``, boolean (True = attend) or additive; or None.
+        is_causal: the causal mask, bottom-right aligned (``course_lib.masks.causal_mask``:
+            the T queries are the last T of the S positions).
+    Returns:
+        ``[B, h, T, d]``, equal to ``F.scaled_dot_product_attention(q, repeat_kv(k), repeat_kv(v), …)``.
+
+    The queries are regrouped (:func:`group_queries`) so that one call attends ``n_rep · T`` query
+    rows over each K/V head's keys: a decoding step reads the cache once, whatever ``n_rep`` is.
+    """
+    h, h_kv = q.shape[1], k.shape[1]
+    T, S = q.shape[2], k.shape[2]
+    if h % h_kv:
+        raise ValueError(f"k: expected a number of K/V heads dividing the {h} query heads; got shape {tuple(k.shape)}")
+    if is_causal and (T != S or h_kv != h):     # torch's is_causal is top-left aligned: spell the mask out
+        mask, is_causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None], False
+    if h_kv == h:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    if mask is not None:
+        mask = group_mask(mask, h, h_kv)
+    out = F.scaled_dot_product_attention(group_queries(q, h_kv), k, v, attn_mask=mask, dropout_p=dropout_p)
+    return ungroup_queries(out, h)
 
 
 def plot_attention(

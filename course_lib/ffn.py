@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.utils import check_floating, check_tensor
+from course_lib.utils import check_choice, check_floating, check_int, check_number, check_probability, check_tensor
 
 __all__ = [
     "ACTIVATIONS",
@@ -93,21 +93,9 @@ GLU_VARIANTS = {
 FFN_KINDS = tuple(ACTIVATIONS) + tuple(GLU_VARIANTS)
 
 
-def _check_positive_int(name: str, value) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{name}: expected a positive int; got {value!r}")
-
-
-def _check_input(x: torch.Tensor, d_model: int) -> None:
-    check_tensor("x", x, min_dim=1)
-    check_floating("x", x)
-    if x.shape[-1] != d_model:
-        raise ValueError(f"x: expected the last dimension to be d_model = {d_model}; got shape {tuple(x.shape)}")
-
-
 # ----------------------------------------------------------------------------- standard FFN
 class FeedForward(nn.Module):
-    """Linear(d_model → d_ff) → activation → dropout → Linear(d_ff → d_model).
+    """``down_proj(dropout(φ(up_proj(x))))``: Linear(d_model → d_ff) → activation → dropout → Linear(d_ff → d_model).
 
     Args:
         d_model: the width of the residual stream.
@@ -116,29 +104,26 @@ class FeedForward(nn.Module):
             as ``torch.nn.functional.gelu``; BERT, GPT-2).
         dropout: dropout on the hidden activations (as torch's Transformer layers do).
         bias: whether the two linear maps have biases.
+
+    Submodules: ``up_proj`` (``d_model → d_ff``) and ``down_proj`` (``d_ff → d_model``), the names
+    :class:`GatedFeedForward` and LLaMA's ``LlamaMLP`` use (GPT-2 calls them ``c_fc``, ``c_proj``).
     """
 
     def __init__(self, d_model: int, d_ff: int | None = None, activation: str = "relu",
                  dropout: float = 0.0, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        d_ff = 4 * d_model if d_ff is None else d_ff
-        if not (isinstance(d_model, int) and d_model > 0):
-            raise ValueError(f"d_model: expected a positive int; got {d_model!r}")
-        if not (isinstance(d_ff, int) and d_ff > 0):
-            raise ValueError(f"d_ff: expected a positive int; got {d_ff!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}; got {activation!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout!r}")
+        check_int("d_model", d_model)
+        d_ff = check_int("d_ff", 4 * d_model if d_ff is None else d_ff)
+        check_choice("activation", activation, tuple(ACTIVATIONS))
+        check_probability("dropout", dropout)
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
-        self.up = nn.Linear(d_model, d_ff, bias=bias, device=device, dtype=dtype)
-        self.down = nn.Linear(d_ff, d_model, bias=bias, device=device, dtype=dtype)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias, device=device, dtype=dtype)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias, device=device, dtype=dtype)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[..., d_model]`` → ``[..., d_model]``."""
-        _check_input(x, self.d_model)
-        return self.down(self.dropout(ACTIVATIONS[self.activation](self.up(x))))
+        return self.down_proj(self.dropout(ACTIVATIONS[self.activation](self.up_proj(x))))
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
@@ -163,13 +148,10 @@ class GatedFeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int | None = None, variant: str = "swiglu",
                  dropout: float = 0.0, bias: bool = False, device=None, dtype=None):
         super().__init__()
-        _check_positive_int("d_model", d_model)
-        d_ff = glu_hidden_dim(d_model) if d_ff is None else d_ff
-        _check_positive_int("d_ff", d_ff)
-        if variant not in GLU_VARIANTS:
-            raise ValueError(f"variant: expected one of {sorted(GLU_VARIANTS)}; got {variant!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1); got {dropout!r}")
+        check_int("d_model", d_model)
+        d_ff = check_int("d_ff", glu_hidden_dim(d_model) if d_ff is None else d_ff)
+        check_choice("variant", variant, tuple(GLU_VARIANTS))
+        check_probability("dropout", dropout)
         self.d_model, self.d_ff, self.variant = d_model, d_ff, variant
         kw = dict(device=device, dtype=dtype)
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias, **kw)
@@ -179,7 +161,6 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[..., d_model]`` → ``[..., d_model]``."""
-        _check_input(x, self.d_model)
         hidden = GLU_VARIANTS[self.variant](self.gate_proj(x)) * self.up_proj(x)
         return self.down_proj(self.dropout(hidden))
 
@@ -195,19 +176,13 @@ def glu_hidden_dim(d_model: int, multiple_of: int = 256, ffn_dim_multiplier: flo
     ``ffn_dim_multiplier`` (LLaMA-2 70B, LLaMA-3), then rounded *up* to a multiple of
     ``multiple_of``: ``multiple_of · ⌈hidden / multiple_of⌉``. LLaMA-7B: d = 4096 → 11008.
     """
-    _check_positive_int("d_model", d_model)
-    _check_positive_int("multiple_of", multiple_of)
+    check_int("d_model", d_model)
+    check_int("multiple_of", multiple_of)
     hidden = int(2 * (4 * d_model) / 3)
     if ffn_dim_multiplier is not None:
-        if not (isinstance(ffn_dim_multiplier, (int, float)) and ffn_dim_multiplier > 0):
-            raise ValueError(f"ffn_dim_multiplier: expected None or a positive number; got {ffn_dim_multiplier!r}")
+        check_number("ffn_dim_multiplier", ffn_dim_multiplier, above=0)
         hidden = int(ffn_dim_multiplier * hidden)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in FFN_KINDS:
-        raise ValueError(f"kind: expected one of {FFN_KINDS}; got {kind!r}")
 
 
 def ffn_num_parameters(d_model: int, d_ff: int, kind: str = "gelu", bias: bool = True) -> int:
@@ -216,9 +191,9 @@ def ffn_num_parameters(d_model: int, d_ff: int, kind: str = "gelu", bias: bool =
     Standard (relu, gelu): ``2·d·d_ff`` weights + ``d_ff + d`` biases;
     GLU variants: ``3·d·d_ff`` weights + ``2·d_ff + d`` biases.
     """
-    _check_positive_int("d_model", d_model)
-    _check_positive_int("d_ff", d_ff)
-    _check_kind(kind)
+    check_int("d_model", d_model)
+    check_int("d_ff", d_ff)
+    check_choice("kind", kind, FFN_KINDS)
     b = 1 if bias else 0
     if kind in GLU_VARIANTS:
         return 3 * d_model * d_ff + b * (2 * d_ff + d_model)
@@ -231,9 +206,9 @@ def ffn_flops_per_token(d_model: int, d_ff: int, kind: str = "gelu") -> int:
     Standard: two ``d × d_ff`` products → ``4·d·d_ff``; GLU: three → ``6·d·d_ff``. The
     element-wise activation, product and biases (``O(d_ff)``) are left out.
     """
-    _check_positive_int("d_model", d_model)
-    _check_positive_int("d_ff", d_ff)
-    _check_kind(kind)
+    check_int("d_model", d_model)
+    check_int("d_ff", d_ff)
+    check_choice("kind", kind, FFN_KINDS)
     return (6 if kind in GLU_VARIANTS else 4) * d_model * d_ff
 
 
@@ -242,7 +217,7 @@ def build_feed_forward(kind: str, d_model: int, d_ff: int | None = None, *, drop
     """An FFN of any kind in :data:`FFN_KINDS`: :class:`FeedForward` for ``"relu"``/``"gelu"``,
     :class:`GatedFeedForward` for the GLU variants. ``d_ff=None``: ``4·d_model`` (standard) or
     :func:`glu_hidden_dim` (GLU)."""
-    _check_kind(kind)
+    check_choice("kind", kind, FFN_KINDS)
     if kind in ACTIVATIONS:
         return FeedForward(d_model, d_ff, activation=kind, dropout=dropout, bias=bias, device=device, dtype=dtype)
     return GatedFeedForward(d_model, d_ff, variant=kind, dropout=dropout, bias=bias, device=device, dtype=dtype)

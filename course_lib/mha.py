@@ -493,7 +493,7 @@ def _load_common(ours, layer, norms) -> None:
     if mine != theirs:
         raise ValueError(f"layer: expected the configuration {mine}; got {theirs}")
     ours.self_attn.load_from_torch(layer.self_attn)
-    for dst, src in ((ours.ffn.up, layer.linear1), (ours.ffn.down, layer.linear2)):
+    for dst, src in ((ours.ffn.up_proj, layer.linear1), (ours.ffn.down_proj, layer.linear2)):
         dst.load_state_dict(src.state_dict())
     for name in norms:
         getattr(ours, name).load_state_dict(getattr(layer, name).state_dict())

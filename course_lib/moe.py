@@ -23,7 +23,7 @@ Tokens are rows: the functions below take ``x`` of shape ``[T, d_model]`` (flatt
   expert ``i``, ``P_i`` mean router probability of expert ``i``); equals ``α`` at perfect balance,
   up to ``α · n`` when the router collapses onto one expert;
 * :class:`MoE` — the layer (experts are FFNs of :mod:`course_lib.ffn`, SwiGLU by default);
-* :func:`moe_param_count` — total vs active parameters of a Mixtral-shaped model.
+* total vs active parameters of a Mixtral-shaped model: ``course_lib.model.count_parameters(config, active=True)``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.ffn import FFN_KINDS, build_feed_forward, ffn_num_parameters
-from course_lib.utils import check_floating, check_tensor
+from course_lib.ffn import FFN_KINDS, build_feed_forward
+from course_lib.utils import check_choice, check_floating, check_int, check_number, check_tensor
 
 __all__ = [
     "router_probs",
@@ -51,7 +51,6 @@ __all__ = [
     "load_balancing_loss",
     "MoE",
     "moe_aux_loss",
-    "moe_param_count",
 ]
 
 
@@ -304,13 +303,11 @@ class MoE(nn.Module):
                  kind: str = "swiglu", bias: bool = False, noisy: bool = False,
                  capacity_factor: float | None = None, alpha: float = 0.01, device=None, dtype=None):
         super().__init__()
-        if not (isinstance(n_experts, int) and n_experts > 0):
-            raise ValueError(f"n_experts: expected a positive int; got {n_experts!r}")
+        check_int("d_model", d_model)
+        check_int("n_experts", n_experts)
         _check_k(top_k, n_experts)
-        if kind not in FFN_KINDS:
-            raise ValueError(f"kind: expected one of {FFN_KINDS}; got {kind!r}")
-        if capacity_factor is not None and not capacity_factor > 0:
-            raise ValueError(f"capacity_factor: expected a positive number or None; got {capacity_factor!r}")
+        check_choice("kind", kind, FFN_KINDS)
+        check_number("capacity_factor", capacity_factor, above=0, optional=True)
         self.d_model, self.n_experts, self.top_k = d_model, n_experts, top_k
         self.noisy, self.capacity_factor, self.alpha = noisy, capacity_factor, alpha
         self.router = nn.Linear(d_model, n_experts, bias=False, device=device, dtype=dtype)
@@ -334,10 +331,6 @@ class MoE(nn.Module):
         return top_k_gating(logits, self.top_k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor("x", x, min_dim=2)
-        check_floating("x", x)
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x: expected the last dimension to be d_model = {self.d_model}; got shape {tuple(x.shape)}")
         flat = x.reshape(-1, self.d_model)
         weights, indices, probs = self.route(flat)
         keep = None
@@ -357,35 +350,3 @@ def moe_aux_loss(model: nn.Module) -> torch.Tensor:
     """The sum of the ``aux_loss`` of every :class:`MoE` layer in ``model`` (add it to the LM loss)."""
     losses = [m.aux_loss for m in model.modules() if isinstance(m, MoE)]
     return torch.stack(losses).sum() if losses else torch.zeros(())
-
-
-# ----------------------------------------------------------------------------- parameter count
-def moe_param_count(*, d_model: int, d_ff: int, n_layers: int, n_experts: int, top_k: int, vocab_size: int,
-                    n_heads: int, n_kv_heads: int, kind: str = "swiglu", tied_embeddings: bool = False) -> tuple[int, int]:
-    """``(total, active)`` parameters of a LLaMA/Mixtral-shaped MoE decoder (no biases).
-
-    Per layer: attention ``d·d (q) + 2·d·(h_kv·d/h) (k, v) + d·d (o)``; each expert
-    ``3·d·d_ff`` (SwiGLU: gate, up, down; ``2·d·d_ff`` without a GLU —
-    :func:`course_lib.ffn.ffn_num_parameters`, no biases); the router ``d·n``; two
-    RMSNorm weights ``2d``. Plus the embedding ``V·d``, the LM head ``V·d`` (unless tied) and the
-    final norm ``d``. *Active* counts only ``top_k`` experts per layer (every token still uses
-    the attention, the router and both embeddings).
-    """
-    for name, v in dict(d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_experts=n_experts,
-                        vocab_size=vocab_size, n_heads=n_heads, n_kv_heads=n_kv_heads).items():
-        if not (isinstance(v, int) and v > 0):
-            raise ValueError(f"{name}: expected a positive int; got {v!r}")
-    _check_k(top_k, n_experts)
-    if d_model % n_heads or n_heads % n_kv_heads:
-        raise ValueError(f"n_heads, n_kv_heads: expected n_heads | d_model and n_kv_heads | n_heads; "
-                         f"got d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv_heads}")
-    d, head_dim = d_model, d_model // n_heads
-    attn = 2 * d * d + 2 * d * n_kv_heads * head_dim
-    if kind not in FFN_KINDS:
-        raise ValueError(f"kind: expected one of {FFN_KINDS}; got {kind!r}")
-    expert = ffn_num_parameters(d, d_ff, kind, bias=False)
-    shared = attn + d * n_experts + 2 * d
-    embed = vocab_size * d * (1 if tied_embeddings else 2) + d
-    total = n_layers * (shared + n_experts * expert) + embed
-    active = n_layers * (shared + top_k * expert) + embed
-    return total, active

@@ -18,8 +18,8 @@ Where the norm sits in a residual block with sub-layer ``F`` (attention or FFN),
     pre-LN  (GPT-2, LLaMA):    x ← x + F(Norm(x))
     sandwich (Gemma-2):        x ← x + Norm_post(F(Norm_pre(x)))
 
-:func:`layer_grad_norms` measures the per-layer gradient norms of a ``course_lib.model.DecoderLM``
-(Xiong et al., 2020: at initialisation post-LN gradients grow towards the output, pre-LN ones do not).
+The experiment helpers of Chapter 9 (``layer_grad_norms``, ``xavier_init_``) train and measure a
+whole model, so they live with the training code, ``course_lib.train``, above the model.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ __all__ = [
     "RMSNorm",
     "residual_block",
     "norm_op_counts",
-    "layer_grad_norms",
-    "xavier_init_",
 ]
 
 NORM_PLACEMENTS = ("pre", "post", "sandwich")
@@ -179,36 +177,3 @@ def norm_op_counts(n: int, kind: str = "layernorm", affine: bool = True, p: floa
         ops = 2 * k + 1 + 2 + n + (n if affine else 0)
         return {"reductions": 1, "ops": ops}
     raise ValueError(f"kind: expected 'layernorm' or 'rmsnorm'; got {kind!r}")
-
-
-def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     names: tuple[str, ...] = ("ffn.up.weight", "ffn.down.weight")) -> torch.Tensor:
-    """Gradient norms ``[n_layers, len(names)]`` of the loss ``lm_loss(model, x, y)`` per block.
-
-    The default measures the two FFN matrices W¹ (``up``) and W² (``down``), the quantities of
-    Xiong et al.'s Figure 3. The model's gradients are cleared before and after.
-    """
-    from course_lib.train import lm_loss
-
-    model.zero_grad(set_to_none=True)
-    lm_loss(model, x, y).backward()
-    out = torch.zeros(len(model.blocks), len(names))
-    for i, block in enumerate(model.blocks):
-        params = dict(block.named_parameters())
-        for j, name in enumerate(names):
-            if name not in params:
-                raise ValueError(f"names: block {i} has no parameter {name!r}")
-            out[i, j] = params[name].grad.norm().item()
-    model.zero_grad(set_to_none=True)
-    return out
-
-
-def xavier_init_(model: nn.Module) -> nn.Module:
-    """Xavier-normal weights for every ``nn.Linear`` (biases zero), in place: the setting of Xiong
-    et al.'s analysis (no 1/√(2L) scaling of the residual projections, unlike GPT-2's init)."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.xavier_normal_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    return model

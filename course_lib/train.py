@@ -6,8 +6,9 @@ AdamW (decoupled weight decay on matrices only, not on biases, norms or embeddin
 a linear warm-up then cosine decay of the learning rate, gradient clipping at 1.0. Batches come
 from a seeded ``torch.Generator``, so a run is reproducible on the same machine and device.
 
-Also: :func:`evaluate` (mean validation loss over fixed, non-overlapping windows) and
-:func:`save_checkpoint` / :func:`load_checkpoint` (weights, config and tokenizer in one file).
+Also: :func:`evaluate` (mean validation loss over fixed, non-overlapping windows),
+:func:`save_checkpoint` / :func:`load_checkpoint` (weights, config and tokenizer in one file), and
+the measurements of Chapter 9, :func:`layer_grad_norms` and :func:`xavier_init_`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from course_lib.data import CharCorpus, CharTokenizer
+from course_lib.model import DecoderLM, ModelConfig
 from course_lib.moe import moe_aux_loss
 
 try:  # a progress bar when tqdm is installed, a printed line every N steps otherwise
@@ -25,7 +29,10 @@ try:  # a progress bar when tqdm is installed, a printed line every N steps othe
 except ImportError:  # pragma: no cover
     tqdm = None
 
-__all__ = ["lm_loss", "lr_at", "train", "evaluate", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "lm_loss", "lr_at", "train", "evaluate", "save_checkpoint", "load_checkpoint",
+    "layer_grad_norms", "xavier_init_",
+]
 
 
 def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -119,9 +126,6 @@ def save_checkpoint(path, model, tokenizer=None, **meta) -> None:
 
 def load_checkpoint(path, *, device=None, dtype: torch.dtype = torch.float32):
     """``(model, tokenizer, meta)`` from :func:`save_checkpoint`; the model in ``dtype``, in eval mode."""
-    from course_lib.data import CharTokenizer
-    from course_lib.model import DecoderLM, ModelConfig
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"path: no checkpoint at {path}")
@@ -133,6 +137,38 @@ def load_checkpoint(path, *, device=None, dtype: torch.dtype = torch.float32):
         raise ValueError(f"path: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
     tok = CharTokenizer.from_state_dict(blob["tokenizer"]) if blob.get("tokenizer") else None
     return model.to(device=device, dtype=dtype).eval(), tok, blob.get("meta", {})
+
+
+# ----------------------------------------------------------------------------- Chapter 9 measurements
+def layer_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     names: tuple[str, ...] = ("ffn.up_proj.weight", "ffn.down_proj.weight")) -> torch.Tensor:
+    """Gradient norms ``[n_layers, len(names)]`` of the loss ``lm_loss(model, x, y)`` per block.
+
+    The default measures the two FFN matrices W¹ (``up_proj``) and W² (``down_proj``), the
+    quantities of Xiong et al.'s Figure 3 (Chapter 9). The model's gradients are cleared before and after.
+    """
+    model.zero_grad(set_to_none=True)
+    lm_loss(model, x, y).backward()
+    out = torch.zeros(len(model.blocks), len(names))
+    for i, block in enumerate(model.blocks):
+        params = dict(block.named_parameters())
+        for j, name in enumerate(names):
+            if name not in params:
+                raise ValueError(f"names: block {i} has no parameter {name!r}")
+            out[i, j] = params[name].grad.norm().item()
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def xavier_init_(model: nn.Module) -> nn.Module:
+    """Xavier-normal weights for every ``nn.Linear`` (biases zero), in place: the setting of Xiong
+    et al.'s analysis (no 1/√(2L) scaling of the residual projections, unlike GPT-2's init)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
 
 
 CH04_COMMAND = ("python -m course_lib.train --out /tmp/ch04_400.pt --steps 400 --lr 4e-3 --threads 1 && "
@@ -148,9 +184,6 @@ def main(argv=None) -> int:
     CPU core; defaults: batch 24 × 128 characters, d_model 128, 4 layers, 4 heads).
     """
     import argparse
-
-    from course_lib.data import CharCorpus
-    from course_lib.model import DecoderLM, ModelConfig
 
     p = argparse.ArgumentParser(prog="python -m course_lib.train", description=main.__doc__.splitlines()[0])
     p.add_argument("--out", required=True)

@@ -9,6 +9,7 @@ expected and what was received, e.g.::
 from __future__ import annotations
 
 import random
+import time
 from typing import Iterable
 
 import numpy as np
@@ -19,6 +20,10 @@ __all__ = [
     "set_seed",
     "check_tensor",
     "check_floating",
+    "check_int",
+    "check_number",
+    "check_choice",
+    "check_probability",
     "best_time",
 ]
 
@@ -42,8 +47,6 @@ def best_time(fn, *args, repeats: int = 3, **kwargs) -> float:
     One warm-up call first (allocations, kernel selection); on a GPU every run is bracketed
     by ``torch.cuda.synchronize()`` so the asynchronous launch is not what gets timed.
     """
-    import time
-
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn(*args, **kwargs)
     sync()
@@ -81,3 +84,49 @@ def check_floating(name: str, x: torch.Tensor, allowed: Iterable[torch.dtype] | 
         if x.dtype not in allowed:
             names = ", ".join(str(a) for a in allowed)
             raise ValueError(f"{name}: expected dtype in ({names}); got {x.dtype}")
+
+
+# ----------------------------------------------------------------------------- scalar arguments
+# One vocabulary for every public edge of course_lib: "name: expected …; got …".
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, minimum: int = 1, *, optional: bool = False):
+    """Return ``value`` if it is an int ``≥ minimum`` (or None when ``optional``), else raise ``ValueError``."""
+    if optional and value is None:
+        return value
+    if not _is_int(value) or value < minimum:
+        expected = f"{'None or ' if optional else ''}an integer ≥ {minimum}"
+        raise ValueError(f"{name}: expected {expected}; got {value!r}")
+    return value
+
+
+def check_number(name: str, value, *, above: float | None = None, at_least: float | None = None,
+                 optional: bool = False):
+    """Return ``value`` if it is a real number (``> above``, ``≥ at_least``; None when ``optional``),
+    else raise ``ValueError``."""
+    if optional and value is None:
+        return value
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
+    if not ok:
+        bound = f" > {above:g}" if above is not None else f" ≥ {at_least:g}" if at_least is not None else ""
+        raise ValueError(f"{name}: expected {'None or ' if optional else ''}a number{bound}; got {value!r}")
+    return value
+
+
+def check_probability(name: str, value, *, below_one: bool = True):
+    """Return ``value`` if it is a probability in ``[0, 1)`` (``[0, 1]`` with ``below_one=False``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and 0.0 <= value and (value < 1.0 if below_one else value <= 1.0)
+    if not ok:
+        raise ValueError(f"{name}: expected a probability in [0, 1{')' if below_one else ']'}; got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices):
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
+    if value not in tuple(choices):
+        raise ValueError(f"{name}: expected one of {tuple(choices)}; got {value!r}")
+    return value

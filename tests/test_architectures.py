@@ -15,11 +15,11 @@ from course_lib.architectures import (
     gemma2_config,
     llama3_config,
     make_config,
-    published_parameters,
+    published_config,
     recipe_row,
 )
 from course_lib.attention import softcap, softmax
-from course_lib.kv_cache import generate, make_cache
+from course_lib.generation import generate, make_cache
 from course_lib.model import DecoderLM, ModelConfig, count_parameters
 
 
@@ -63,7 +63,7 @@ def test_recipes_make_the_published_choices():
     assert (g.norm, g.pos_encoding, g.ffn, g.bias, g.tie_embeddings) == ("layernorm", "learned", "gelu", True, True)
     assert (l.norm, l.pos_encoding, l.rope_base, l.ffn, l.bias, l.dropout, l.tie_embeddings) == \
         ("rmsnorm", "rope", 500000.0, "swiglu", False, 0.0, False)
-    assert l.kv_heads < l.n_heads and m.window is not None and not m.local_global
+    assert l.n_kv_heads < l.n_heads and m.window is not None and not m.local_global
     assert (x.n_experts, x.top_k) == (8, 2)
     assert (e.norm_placement, e.ffn, e.local_global, e.attn_softcap, e.final_softcap) == \
         ("sandwich", "geglu", True, 50.0, 30.0)
@@ -74,25 +74,29 @@ def test_recipes_make_the_published_choices():
         make_config("gpt-5")
 
 
-def test_published_formula_equals_count_parameters_when_expressible():
-    for name in RECIPES:
-        cfg = make_config(name)
-        spec = dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                    n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, d_ff=cfg.ffn_dim, ffn=cfg.ffn, norm=cfg.norm,
-                    sandwich=cfg.norm_placement == "sandwich", bias=cfg.bias, tie_embeddings=cfg.tie_embeddings,
-                    max_seq_len=cfg.max_seq_len, learned_positions=cfg.pos_encoding == "learned",
-                    n_experts=cfg.n_experts, top_k=cfg.top_k)
-        assert published_parameters(spec) == count_parameters(cfg)
+def test_published_counts_are_the_released_totals_exactly():
+    """One formula, count_parameters, gives the released checkpoints' totals to the parameter."""
+    exact = {"gpt2-small": 124_439_808, "llama-3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096,
+             "mixtral-8x7b": 46_702_792_704, "gemma-2-9b": 9_241_705_984}
+    assert set(exact) == set(PUBLISHED)
+    for name, total in exact.items():
+        cfg = published_config(name)
+        assert count_parameters(cfg) == total == PUBLISHED_TOTALS[name][0], name
+    assert 8_324_201_984 + 917_504_000 == exact["gemma-2-9b"]          # Gemma-2 paper, Table 2
+    mixtral = published_config("mixtral-8x7b")
+    active = count_parameters(mixtral, active=True)
+    assert abs(active / PUBLISHED_TOTALS["mixtral-8x7b"][1] - 1) < 0.005    # "12.9B active"
+    assert count_parameters(mixtral) - active == 32 * (8 - 2) * 3 * 4096 * 14336   # six idle experts per layer
 
 
-def test_published_counts_match_published_totals():
-    for name, spec in PUBLISHED.items():
-        total, active, _ = PUBLISHED_TOTALS[name]
-        assert abs(published_parameters(spec) / total - 1) < 0.005, name
-        if active is not None:
-            assert abs(published_parameters(spec, active=True) / active - 1) < 0.005, name
-    assert published_parameters(PUBLISHED["gpt2-small"]) == 124_439_808
-    assert published_parameters(PUBLISHED["gemma-2-9b"]) == 8_324_201_984 + 917_504_000
+def test_published_configs_build_on_the_meta_device():
+    """The formula is checked against the model itself, built without memory (Gemma-2: head_dim 256)."""
+    for name in ("gpt2-small", "gemma-2-9b"):
+        with torch.device("meta"):
+            model = DecoderLM(published_config(name))
+        assert model.num_parameters() == count_parameters(model.config), name
+    with pytest.raises(ValueError, match="name: expected one of"):
+        published_config("gpt-5")
 
 
 # ----------------------------------------------------------------------------- Gemma-2 parts of the model
@@ -143,8 +147,8 @@ def test_attention_softcap_matches_a_reference_and_final_softcap_bounds():
     got = attn(x, pos)
     B, T, _ = x.shape
     q = attn._split(attn.q_proj(x), cfg.n_heads)
-    k = attn._split(attn.k_proj(x), cfg.kv_heads)
-    v = attn._split(attn.v_proj(x), cfg.kv_heads)
+    k = attn._split(attn.k_proj(x), cfg.n_kv_heads)
+    v = attn._split(attn.v_proj(x), cfg.n_kv_heads)
     q, k = attn.apply_positions(q, k, pos)
     k, v = k.repeat_interleave(cfg.n_rep, 1), v.repeat_interleave(cfg.n_rep, 1)
     s = 0.5 * torch.tanh(q @ k.transpose(-1, -2) / math.sqrt(cfg.head_dim) / 0.5)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_lib.attention import (
@@ -224,3 +224,42 @@ def test_best_time_times_the_call():
     calls = []
     t = best_time(lambda s: (calls.append(s), _time.sleep(s)), 0.01, repeats=2)
     assert len(calls) == 3 and 0.009 < t < 0.5  # one warm-up + two timed runs
+
+
+# ----------------------------------------------------------------------------- grouped-query attention
+@settings(max_examples=40)
+@given(h_kv=st.sampled_from([1, 2, 3]), n_rep=st.sampled_from([1, 2, 4]), T=st.integers(1, 6),
+       extra=st.integers(0, 5), masked=st.sampled_from(["none", "shared", "per_head", "causal"]))
+def test_grouped_query_attention_equals_sdpa_over_repeated_kv(h_kv, n_rep, T, extra, masked):
+    from course_lib.attention import grouped_query_attention, repeat_kv
+    from course_lib.masks import causal_mask
+    g = torch.Generator().manual_seed(T * 31 + extra)
+    B, S, d, h = 2, T + extra, 8, h_kv * n_rep
+    q = torch.randn(B, h, T, d, generator=g)
+    k, v = torch.randn(2, B, h_kv, S, d, generator=g)
+    mask, is_causal = None, masked == "causal"
+    if masked == "shared":
+        mask = torch.rand(B, 1, T, S, generator=g) > 0.4
+        mask[..., -1] = True
+    elif masked == "per_head":
+        mask = torch.randn(1, h, T, S, generator=g)
+    ours = grouped_query_attention(q, k, v, mask, is_causal=is_causal)
+    if is_causal:
+        mask = causal_mask(T, S)                       # bottom-right aligned, as the KV cache needs
+    ref = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_repeat_kv_is_repeat_interleave_and_grouping_copies_nothing():
+    from course_lib.attention import group_queries, grouped_query_attention, repeat_kv
+    from course_lib.flash import peak_memory
+    x = torch.randn(2, 3, 5, 8)
+    assert torch.equal(repeat_kv(x, 4), torch.repeat_interleave(x, 4, dim=1)) and repeat_kv(x, 1) is x
+    q = torch.randn(2, 8, 1, 16)
+    assert group_queries(q, 2).data_ptr() == q.data_ptr()              # a view
+    k = v = torch.randn(2, 2, 4096, 16)                                # two K/V heads: 1 MiB each
+    kv_bytes = k.nbytes
+    _, copied = peak_memory(lambda: F.scaled_dot_product_attention(q, repeat_kv(k, 4), repeat_kv(v, 4)))
+    _, grouped = peak_memory(lambda: grouped_query_attention(q, k, v))
+    assert copied >= 4 * kv_bytes                  # repeat_kv: n_rep = 4 copies of the K/V heads
+    assert grouped < kv_bytes / 8                   # grouped queries: not even a fraction of one copy

@@ -7,9 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from course_lib.architectures import published_parameters
 from course_lib.grading import ch13
-from course_lib.model import ModelConfig
+from course_lib.model import ModelConfig, count_parameters
 from helpers import stub
 
 
@@ -89,6 +88,11 @@ def test_llama_config_names_the_mistake(wrong, message):
 
 
 # ----------------------------------------------------------------------------- task 4
+def published_parameters(spec):
+    """The reference answer: the formula of course_lib.model.count_parameters on the spec's config."""
+    return count_parameters(ModelConfig(**spec))
+
+
 def count_wrong(**changes):
     return lambda spec: published_parameters({**spec, **{k: (v(spec) if callable(v) else v)
                                                         for k, v in changes.items()}})
@@ -108,7 +112,7 @@ def _glu_two(spec):
     (stub, "count_params is not implemented yet"),
     (count_wrong(n_kv_heads=lambda s: s["n_heads"]), "kv heads counted as query heads"),
     (count_wrong(tie_embeddings=True), "untied head counted once"),
-    (count_wrong(sandwich=False), "sandwich norms forgotten"),
+    (count_wrong(norm_placement="pre"), "sandwich norms forgotten"),
     (count_wrong(head_dim=lambda s: s["d_model"] // s["n_heads"]), "head_dim taken as d_model / n_heads"),
     (_glu_two, "GLU FFN counted as two matrices"),
     (lambda s: published_parameters(s) + 1, "off by \\+1"),
@@ -122,8 +126,8 @@ def test_count_params_names_the_mistake(wrong, message):
 def test_count_params_names_forgotten_positions_and_norms():
     with pytest.raises(AssertionError, match="learned positions forgotten"):
         ch13.check_count_params(lambda s: published_parameters(s) - (s["max_seq_len"] * s["d_model"]
-                                                                     if s["learned_positions"] else 0))
-    norms = lambda s: (s["n_layers"] * (4 if s["sandwich"] else 2) + 1) * s["d_model"] * (  # noqa: E731
+                                                                     if s["pos_encoding"] == "learned" else 0))
+    norms = lambda s: (s["n_layers"] * (4 if s["norm_placement"] == "sandwich" else 2) + 1) * s["d_model"] * (  # noqa: E731
         2 if s["norm"] == "layernorm" else 1)
     with pytest.raises(AssertionError, match="norms forgotten"):
         ch13.check_count_params(lambda s: published_parameters(s) - norms(s))

@@ -108,7 +108,7 @@ def test_standard_ffn_is_linear_composition(kind):
     f = build_feed_forward(kind, 6, 10)
     assert isinstance(f, FeedForward)
     x = torch.randn(4, 6)
-    close(f(x), f.down(ACTIVATIONS[kind](f.up(x))))
+    close(f(x), f.down_proj(ACTIVATIONS[kind](f.up_proj(x))))
 
 
 @settings(max_examples=25, deadline=None)
@@ -203,25 +203,21 @@ def test_model_ffn_field(kind):
 def test_errors():
     with pytest.raises(ValueError, match="variant: expected one of .*; got 'swish'"):
         GatedFeedForward(4, 8, variant="swish")
-    with pytest.raises(ValueError, match="d_ff: expected a positive int; got 0"):
+    with pytest.raises(ValueError, match="d_ff: expected an integer ≥ 1; got 0"):
         GatedFeedForward(4, 0)
-    with pytest.raises(ValueError, match="d_model: expected a positive int; got 2.5"):
+    with pytest.raises(ValueError, match="d_model: expected an integer ≥ 1; got 2.5"):
         GatedFeedForward(2.5, 8)
     with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\); got 1.0"):
         GatedFeedForward(4, 8, dropout=1.0)
-    with pytest.raises(ValueError, match=r"x: expected the last dimension to be d_model = 4; got shape \(2, 5\)"):
-        GatedFeedForward(4, 8)(torch.zeros(2, 5))
-    with pytest.raises(ValueError, match="x: expected a floating dtype; got torch.int64"):
-        GatedFeedForward(4, 8)(torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="kind: expected one of .*; got 'tanh'"):
         build_feed_forward("tanh", 4)
     with pytest.raises(ValueError, match="kind: expected one of"):
         ffn_num_parameters(4, 8, "swish")
-    with pytest.raises(ValueError, match="multiple_of: expected a positive int; got 0"):
+    with pytest.raises(ValueError, match="multiple_of: expected an integer ≥ 1; got 0"):
         glu_hidden_dim(64, multiple_of=0)
-    with pytest.raises(ValueError, match="ffn_dim_multiplier: expected None or a positive number; got -1"):
+    with pytest.raises(ValueError, match="ffn_dim_multiplier: expected a number > 0; got -1"):
         glu_hidden_dim(64, ffn_dim_multiplier=-1)
-    with pytest.raises(ValueError, match="d_ff: expected a positive int; got -3"):
+    with pytest.raises(ValueError, match="d_ff: expected an integer ≥ 1; got -3"):
         ffn_flops_per_token(4, -3)
     with pytest.raises(ValueError, match="ffn: expected one of .*; got 'swish'"):
         ModelConfig(vocab_size=10, ffn="swish")

@@ -1,4 +1,5 @@
-"""course_lib.kv_cache: repeat_kv against torch, the caches, MHA → GQA, and cached = uncached generation."""
+"""course_lib.kv_cache and course_lib.generation: repeat_kv against torch, the caches, MHA → GQA,
+cached = uncached generation, and the decoding benchmarks."""
 
 from __future__ import annotations
 
@@ -8,19 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.kv_cache import (
-    ConcatKVCache,
-    KVCache,
-    RollingKVCache,
-    decode_benchmark,
-    generate,
-    kv_cache_bytes,
-    left_pad,
-    make_cache,
-    mha_to_gqa,
-    repeat_kv,
-)
-from course_lib.model import DecoderLM, ModelConfig
+from course_lib.generation import decode_benchmark, generate, gqa_benchmark, left_pad, make_cache
+from course_lib.kv_cache import ConcatKVCache, KVCache, RollingKVCache, kv_cache_bytes, repeat_kv
+from course_lib.model import DecoderLM, ModelConfig, mha_to_gqa
 
 ATOL = 2e-5
 
@@ -238,7 +229,7 @@ def test_timings_and_bad_arguments():
         generate(m, PROMPTS, 0)
     with pytest.raises(ValueError, match="temperature: expected a number ≥ 0"):
         generate(m, PROMPTS, 2, temperature=-1.0)
-    with pytest.raises(ValueError, match="top_k: expected an integer ≥ 1"):
+    with pytest.raises(ValueError, match="top_k: expected None or an integer ≥ 1"):
         generate(m, PROMPTS, 2, temperature=1.0, top_k=0)
 
 
@@ -246,7 +237,7 @@ def test_timings_and_bad_arguments():
 def test_mha_to_gqa_mean_pools_groups():
     m = model_for()
     g = mha_to_gqa(m, 2)
-    assert g.config.n_kv_heads == 2 and g is not m and m.config.n_kv_heads is None
+    assert g.config.n_kv_heads == 2 and g is not m and m.config.n_kv_heads == m.config.n_heads
     dh = m.config.head_dim
     w = m.blocks[0].attn.k_proj.weight.view(4, dh, -1)
     torch.testing.assert_close(g.blocks[0].attn.k_proj.weight.view(2, dh, -1), (w[[0, 2]] + w[[1, 3]]) / 2)  # groups (0, 1), (2, 3)
@@ -297,3 +288,25 @@ def test_mha_to_gqa_bad_input():
 def test_decode_benchmark_runs_small(_):
     r = decode_benchmark(d_model=32, n_layers=1, n_heads=2, prompt_len=8, new_tokens=6)
     assert r["identical"] and r["cached_s"] > 0 and r["uncached_s"] > 0 and r["speedup"] > 0
+
+
+def test_gqa_benchmark_runs_small_with_identical_tokens():
+    r = gqa_benchmark(d_model=32, n_layers=1, n_heads=4, kv_heads=(4, 1), batch=2, context=16, new_tokens=3,
+                      repeats=1)
+    rows = {(x["kv_heads"], x["implementation"]): x for x in r["rows"]}
+    assert set(rows) == {(4, "repeat_kv"), (4, "sdpa"), (1, "repeat_kv"), (1, "sdpa")}
+    assert all(x["tokens_identical"] and x["ms_per_step"] > 0 for x in r["rows"])
+    assert rows[(4, "sdpa")]["cache_mb"] == 4 * rows[(1, "sdpa")]["cache_mb"]
+    assert r["config"]["context"] == 16 and "torch" in r["machine"]
+
+
+def test_kv_cache_crop_rewinds_to_a_prefix():
+    c = KVCache(n_layers=2, batch=1, n_kv_heads=1, max_len=8, head_dim=2)
+    for layer in range(2):
+        c.update(torch.ones(1, 1, 5, 2), torch.ones(1, 1, 5, 2), layer)
+    c.crop(3)
+    assert c.get_seq_length(0) == c.get_seq_length(1) == 3
+    k, _ = c.update(torch.full((1, 1, 1, 2), 7.0), torch.zeros(1, 1, 1, 2), 0)
+    assert k.shape[2] == 4 and torch.equal(k[0, 0, 3], torch.full((2,), 7.0))
+    with pytest.raises(ValueError, match="length: expected at most the 3 tokens cached; got 4"):
+        c.crop(4)

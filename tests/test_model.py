@@ -46,16 +46,22 @@ def model_for(cfg: ModelConfig, seed: int = 0) -> DecoderLM:
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(vocab_size=0), r"vocab_size: expected a positive int; got 0"),
-        (dict(d_model=30, n_heads=4), r"n_heads: expected a divisor of d_model = 30; got 4"),
+        (dict(vocab_size=0), r"vocab_size: expected an integer ≥ 1; got 0"),
+        (dict(d_model=30, n_heads=4), r"n_heads: expected a divisor of d_model = 30 \(or give head_dim\); got 4"),
         (dict(n_kv_heads=3), r"n_kv_heads: expected a divisor of n_heads = 4 .*; got 3"),
-        (dict(n_kv_heads=0), r"n_kv_heads: expected None or a positive int; got 0"),
+        (dict(n_kv_heads=0), r"n_kv_heads: expected None or an integer ≥ 1; got 0"),
         (dict(n_kv_heads=8), r"n_kv_heads: expected a divisor of n_heads = 4"),
         (dict(pos_encoding="rotary"), r"pos_encoding: expected one of .*'learned'.*; got 'rotary'"),
-        (dict(window=0), r"window: expected None or a positive int; got 0"),
+        (dict(window=0), r"window: expected None or an integer ≥ 1; got 0"),
         (dict(dropout=1.0), r"dropout: expected a probability in \[0, 1\); got 1.0"),
-        (dict(d_ff=-1), r"d_ff: expected None or a positive int; got -1"),
-        (dict(n_layers=True), r"n_layers: expected a positive int; got True"),
+        (dict(d_ff=-1), r"d_ff: expected None or an integer ≥ 1; got -1"),
+        (dict(n_layers=True), r"n_layers: expected an integer ≥ 1; got True"),
+        (dict(head_dim=0), r"head_dim: expected None or an integer ≥ 1; got 0"),
+        (dict(norm_eps=0), r"norm_eps: expected None or a number > 0; got 0"),
+        (dict(attn_implementation="flash"), r"attn_implementation: expected one of \('sdpa', 'repeat_kv', 'eager', 'relative'\); got 'flash'"),
+        (dict(attn_softcap=50.0, attn_implementation="sdpa"), r"attn_softcap: soft-capping needs attn_implementation='eager'"),
+        (dict(pos_encoding="relative", attn_implementation="sdpa"), r"attn_implementation: pos_encoding='relative' needs relative; got 'sdpa'"),
+        (dict(pos_encoding="rope", head_dim=5, n_heads=4), r"head_dim: expected an even head_dim for RoPE"),
     ],
 )
 def test_config_validation(kw, message):
@@ -63,10 +69,66 @@ def test_config_validation(kw, message):
         small(**kw)
 
 
-def test_config_resolved_fields():
+def test_config_resolves_its_derived_fields_once():
     cfg = small(n_heads=8, n_kv_heads=2)
-    assert (cfg.head_dim, cfg.kv_heads, cfg.n_rep, cfg.ffn_dim) == (4, 2, 4, 128)
-    assert small().kv_heads == 4 and small().n_rep == 1
+    assert (cfg.head_dim, cfg.n_kv_heads, cfg.n_rep, cfg.d_ff) == (4, 2, 4, 128)
+    assert small().n_kv_heads == 4 and small().n_rep == 1
+    assert (small().norm_eps, small(norm="rmsnorm").norm_eps) == (1e-5, 1e-6)
+    assert small(ffn="swiglu").d_ff == 128            # 8/3 · 32 = 85.3, rounded up to a multiple of 64
+    assert small().attn_implementation == "sdpa" and small(attn_softcap=5.0).attn_implementation == "eager"
+    assert small(pos_encoding="relative").attn_implementation == "relative"
+    assert ModelConfig(**small(n_kv_heads=2).to_dict()) == small(n_kv_heads=2)   # a saved config reloads as is
+
+
+def test_config_replace_derives_again_what_was_derived():
+    cfg = small(d_model=48)                                         # 4·d = 192, a GLU's 8/3·d → 128
+    assert cfg.replace(ffn="swiglu").d_ff == small(d_model=48, ffn="swiglu").d_ff == 128 != cfg.d_ff
+    assert cfg.replace(d_model=64).head_dim == 16 and cfg.replace(n_heads=2).n_kv_heads == 2
+    assert small(d_ff=48).replace(ffn="swiglu").d_ff == 48        # an explicit value is kept
+    assert cfg.replace(attn_softcap=10.0).attn_implementation == "eager"
+    assert dataclasses.replace(cfg, ffn="swiglu").d_ff == cfg.d_ff  # dataclasses.replace keeps values: the trap replace avoids
+
+
+def test_head_dim_need_not_divide_d_model():
+    """Gemma-2's shape: n_heads · head_dim ≠ d_model (here 4 · 12 = 48 in a 32-wide model)."""
+    cfg = small(head_dim=12, n_kv_heads=2, pos_encoding="rope")
+    m = model_for(cfg)
+    attn = m.blocks[0].attn
+    assert attn.q_proj.weight.shape == (48, 32) and attn.k_proj.weight.shape == (24, 32)
+    assert attn.o_proj.weight.shape == (32, 48)
+    assert m.num_parameters() == count_parameters(cfg)
+    x = torch.randint(37, (2, 9))
+    assert m(x).shape == (2, 9, 37)
+    assert_no_leak(m, vocab=37)
+
+
+def test_norm_eps_reaches_every_norm():
+    m = DecoderLM(small(norm="rmsnorm", norm_eps=1e-5))
+    norms = [mod for mod in m.modules() if isinstance(mod, torch.nn.RMSNorm)]
+    assert len(norms) == 2 * m.config.n_layers + 1 and all(n.eps == 1e-5 for n in norms)
+
+
+# ----------------------------------------------------------------------------- attention functions
+@pytest.mark.parametrize("kw", [
+    dict(n_kv_heads=2), dict(n_kv_heads=1), dict(n_kv_heads=4), dict(n_kv_heads=2, window=3),
+    dict(n_kv_heads=2, pos_encoding="alibi"), dict(n_kv_heads=1, pos_encoding="rope"),
+])
+def test_attention_functions_compute_the_same(kw):
+    """sdpa (grouped queries), repeat_kv (K/V copied) and eager (written out) agree, with padding,
+    windows and ALiBi's per-head bias, with and without a cache."""
+    from course_lib.generation import generate
+    ids = torch.randint(37, (3, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, :4] = 0
+    mask[2, :1] = 0
+    outs, tokens = {}, {}
+    for impl in ("sdpa", "repeat_kv", "eager"):
+        m = model_for(small(attn_implementation=impl, **kw))
+        outs[impl] = m(ids, attention_mask=mask)
+        tokens[impl] = generate(m, [[1, 2, 3, 4], [5, 6]], 6)
+    for impl in ("repeat_kv", "eager"):
+        torch.testing.assert_close(outs[impl], outs["sdpa"], atol=ATOL, rtol=1e-4)
+        assert torch.equal(tokens[impl], tokens["sdpa"])
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -173,7 +235,7 @@ def expand_kv_to_mha(gqa: DecoderLM) -> DecoderLM:
     r, dh = gqa.config.n_rep, cfg.head_dim
     for name, t in list(state.items()):
         if any(s in name for s in ("k_proj", "v_proj")):
-            heads = t.reshape(gqa.config.kv_heads, dh, *t.shape[1:])
+            heads = t.reshape(gqa.config.n_kv_heads, dh, *t.shape[1:])
             state[name] = heads.repeat_interleave(r, dim=0).reshape(cfg.n_heads * dh, *t.shape[1:])
     mha.load_state_dict(state)
     return mha

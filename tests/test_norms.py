@@ -18,13 +18,12 @@ from lm_properties import assert_left_padding_matches_alone, assert_no_leak
 from course_lib.norms import (
     LayerNorm,
     RMSNorm,
-    layer_grad_norms,
     layer_norm,
     norm_op_counts,
     residual_block,
     rms_norm,
-    xavier_init_,
 )
+from course_lib.train import layer_grad_norms, xavier_init_
 
 
 TOL = {torch.float64: (1e-10, 1e-8), torch.float32: (1e-5, 1e-4),
@@ -265,7 +264,7 @@ def test_variants_no_leak_padding_and_cache(kw):
     a = m(ids)
     # KV-cache decoding, one token at a time, equals the full forward pass
     cfg = m.config
-    cache = KVCache(cfg.n_layers, 2, cfg.kv_heads, 12, cfg.head_dim)
+    cache = KVCache(cfg.n_layers, 2, cfg.n_kv_heads, 12, cfg.head_dim)
     steps = [m(ids[:, :4], cache=cache)] + [m(ids[:, t:t + 1], cache=cache) for t in range(4, 12)]
     torch.testing.assert_close(torch.cat(steps, 1), a, atol=2e-5, rtol=1e-4)
 

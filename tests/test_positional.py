@@ -286,7 +286,7 @@ def test_ntk_scaling_slows_the_slowest_pair_by_s_and_keeps_the_fastest():
 
 
 # ----------------------------------------------------------------------------- in course_lib.model
-from course_lib.kv_cache import generate  # noqa: E402
+from course_lib.generation import generate  # noqa: E402
 from course_lib.model import POS_ENCODINGS, DecoderLM, ModelConfig, count_parameters  # noqa: E402
 
 ALL = ("none", "learned", "sinusoidal", "relative", "rope", "alibi")

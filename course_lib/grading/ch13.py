@@ -8,7 +8,7 @@ Tasks, in the order of the exercise notebook:
 4. ``count_params(spec)`` — the parameter count of a published model by formula;
 5. ``local_layers(n_layers)`` — which layers of Gemma-2 use the sliding window.
 
-References: ``course_lib.attention.softcap``, ``course_lib.architectures.published_parameters``
+References: ``course_lib.attention.softcap``, ``course_lib.model.count_parameters``
 and ``course_lib.model.ModelConfig.layer_window``; a wrong answer is compared with the known
 wrong answers (no rescaling by σ, capped after the mask, K/V heads counted as query heads, …).
 """
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.architectures import PUBLISHED, gemma2_config, published_parameters
+from course_lib.architectures import PUBLISHED, gemma2_config
 from course_lib.attention import softcap as reference_softcap
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
-from course_lib.model import ModelConfig
+from course_lib.model import ModelConfig, count_parameters
 
 __all__ = [
     "LLAMA_DESCRIPTION",
@@ -127,31 +127,42 @@ def check_llama_config(config) -> None:
 def _toy_specs() -> dict:
     return {
         "toy-untied-gqa": dict(vocab_size=100, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
-                               d_ff=96, ffn="swiglu", norm="rmsnorm", sandwich=False, bias=False,
-                               tie_embeddings=False, max_seq_len=64, learned_positions=False, n_experts=0, top_k=0),
+                               d_ff=96, ffn="swiglu", norm="rmsnorm", pos_encoding="rope", bias=False,
+                               tie_embeddings=False, max_seq_len=64),
         "toy-sandwich": dict(vocab_size=50, d_model=24, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
-                             d_ff=64, ffn="geglu", norm="rmsnorm", sandwich=True, bias=False,
-                             tie_embeddings=True, max_seq_len=64, learned_positions=False, n_experts=0, top_k=0),
+                             d_ff=64, ffn="geglu", norm="rmsnorm", norm_placement="sandwich", pos_encoding="rope",
+                             bias=False, tie_embeddings=True, max_seq_len=64),
     }
+
+
+def spec_of(**config_kwargs) -> dict:
+    """The spec a student's ``count_params`` receives: a ``ModelConfig``'s fields, every one resolved."""
+    return ModelConfig(**config_kwargs).to_dict()
+
+
+def _count(spec: dict) -> int:
+    return count_parameters(ModelConfig(**spec))
 
 
 def _variant(spec: dict, **changes) -> int | None:
     alt = {**spec, **changes}
     if alt == spec:
         return None
-    return published_parameters(alt)
+    return _count(alt)
 
 
 def check_count_params(count_params_fn) -> None:
-    """Task 4: the total parameters of a model described by a spec dict (as ``architectures.PUBLISHED``)."""
-    specs = {**_toy_specs(), **{k: PUBLISHED[k] for k in ("gpt2-small", "llama-3-8b", "mistral-7b", "gemma-2-9b")}}
-    for key, spec in specs.items():
+    """Task 4: the total parameters of a model described by a spec dict (a resolved ``ModelConfig``'s fields)."""
+    kwargs = {**_toy_specs(), **{k: PUBLISHED[k] for k in ("gpt2-small", "llama-3-8b", "mistral-7b", "gemma-2-9b")}}
+    for key, kw in kwargs.items():
+        spec = spec_of(**kw)
         name = f"count_params({key})"
         got = expect_number(name, call_student(count_params_fn, dict(spec), name="count_params"))
-        want = published_parameters(spec)
+        want = _count(spec)
         if got == want:
             continue
         d, h = spec["d_model"], spec["n_heads"]
+        sandwich, learned = spec["norm_placement"] == "sandwich", spec["pos_encoding"] == "learned"
         mistakes = {
             "kv heads counted as query heads: K and V have n_kv_heads · head_dim outputs each, not n_heads · head_dim":
                 _variant(spec, n_kv_heads=h),
@@ -160,22 +171,22 @@ def check_count_params(count_params_fn) -> None:
             "tied head counted twice: a tied head reuses the embedding matrix":
                 _variant(spec, tie_embeddings=False),
             "sandwich norms forgotten: Gemma-2 has 4 norms per layer (before and after attention and FFN)":
-                _variant(spec, sandwich=False),
+                _variant(spec, norm_placement="pre"),
             "head_dim taken as d_model / n_heads: use the spec's head_dim (Gemma-2: 16 · 256 = 4096 ≠ 3584)":
                 _variant(spec, head_dim=d // h),
             "GLU FFN counted as two matrices: SwiGLU/GeGLU have three (gate, up, down): 3 · d · d_ff":
-                (published_parameters(spec) - spec["n_layers"] * spec["d_ff"] * d)
+                (want - spec["n_layers"] * spec["d_ff"] * d)
                 if spec["ffn"] in ("swiglu", "geglu") and not spec["bias"] else None,
             "learned positions forgotten: GPT-2 has a max_seq_len · d_model position table":
-                (published_parameters(spec) - spec["max_seq_len"] * d) if spec["learned_positions"] else None,
+                (want - spec["max_seq_len"] * d) if learned else None,
             "norms forgotten: count every norm's γ (and LayerNorm's β), 2 per layer (4 with the sandwich) + the final one":
-                want - (spec["n_layers"] * (4 if spec["sandwich"] else 2) + 1) * d * (2 if spec["norm"] == "layernorm" else 1),
+                want - (spec["n_layers"] * (4 if sandwich else 2) + 1) * d * (2 if spec["norm"] == "layernorm" else 1),
         }
         for message, alt in mistakes.items():
             if alt is not None and got == alt:
                 raise AssertionError(f"{name}: {message}")
         raise AssertionError(f"{name}: expected {want:,}; got {got:,.0f} (off by {got - want:+,.0f})")
-    passed("count_params", len(specs))
+    passed("count_params", len(kwargs))
 
 
 # ----------------------------------------------------------------------------- task 5

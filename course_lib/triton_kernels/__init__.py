@@ -37,29 +37,7 @@ interpreted, ``cuda`` when compiled), plus the kernels' Python wrappers:
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
-
-import torch
-
-_TRUE = ("1", "true", "on", "yes")
-
-if not torch.cuda.is_available():
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "").lower() not in _TRUE:
-        warnings.warn(
-            "triton was imported before course_lib.triton_kernels on a machine without a GPU: "
-            "set TRITON_INTERPRET=1 before importing triton (import course_lib.triton_kernels first)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    os.environ["TRITON_INTERPRET"] = "1"
-
-#: True when kernels run in Triton's interpreter on the CPU, False when they are compiled for a GPU.
-INTERPRETED: bool = os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
-#: The device kernel inputs must live on.
-DEVICE: torch.device = torch.device("cpu" if INTERPRETED else "cuda")
-
+from course_lib.triton_kernels.mode import DEVICE, INTERPRETED  # first: sets TRITON_INTERPRET=1 without a GPU
 from course_lib.triton_kernels.vector_add import add  # noqa: E402
 from course_lib.triton_kernels.softmax import softmax  # noqa: E402
 from course_lib.triton_kernels.rmsnorm import rms_norm  # noqa: E402

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-from course_lib.triton_kernels import DEVICE, INTERPRETED
+from course_lib.triton_kernels.mode import DEVICE, INTERPRETED
 from course_lib.utils import check_floating, check_tensor
 
 #: dtypes the kernels accept. bf16 is left out on purpose: the interpreter's tl.dot is wrong on

@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from course_lib.triton_kernels import INTERPRETED
+from course_lib.triton_kernels.mode import INTERPRETED
 from course_lib.triton_kernels._common import check_block, check_kernel_input, check_same
 
 __all__ = ["flash_attention_forward", "flash_fwd_kernel", "HEAD_DIMS"]
