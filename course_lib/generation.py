@@ -216,7 +216,7 @@ def gqa_benchmark(d_model: int = 256, n_layers: int = 4, n_heads: int = 8, kv_he
 
     A decoding step reads every weight once and, for each of the ``batch`` sequences, the whole
     cache: ``2 · n_layers · h_kv · head_dim · context`` numbers. At the default size (fp32) the MHA
-    cache is 268 MB against 13 MB of weights, so a step is mostly a read of the cache and its time
+    cache is 268 MB against 15 MB of weights, so a step is mostly a read of the cache and its time
     should fall with ``h_kv`` — if the attention reads each K/V head once (``"sdpa"``, grouped
     queries). ``"repeat_kv"`` first writes ``n_rep`` copies of the cache and reads them back, the
     traffic of MHA whatever ``h_kv`` is.

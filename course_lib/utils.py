@@ -25,6 +25,7 @@ __all__ = [
     "check_choice",
     "check_probability",
     "best_time",
+    "glue",
 ]
 
 
@@ -39,6 +40,21 @@ def set_seed(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def glue(name: str, value, display: bool = False):
+    """Hand a computed number to the page's prose: ``myst_nb.glue`` where myst-nb is installed.
+
+    The prose then writes ``{glue:text}`name:.2f``` instead of retyping the number, so the text and
+    the output cannot disagree. Where myst-nb is missing (Colab) nothing is recorded and nothing is
+    shown. Returns ``value``, so a cell can glue and use a number in one line.
+    """
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return value
+    _glue(name, value, display=display)
+    return value
 
 
 def best_time(fn, *args, repeats: int = 3, **kwargs) -> float:
