@@ -239,7 +239,8 @@ def test_flash_rejects_bad_input_with_a_clear_message():
 
 
 def test_package_exports():
-    assert set(tk.__all__) >= {"INTERPRETED", "DEVICE", "add", "softmax", "rms_norm", "flash_attention_forward"}
+    assert set(tk.__all__) >= {"INTERPRETED", "DEVICE", "add", "softmax", "rms_norm", "matmul", "flash_attention",
+                               "flash_attention_forward"}
 
 
 def test_bench_without_a_gpu_writes_nothing(capsys):
