@@ -452,3 +452,25 @@ def test_selfcheck_checks_pass_in_the_interpreter_and_catch_a_wrong_kernel(monke
     md = selfcheck.to_markdown({"gpu": "test", "date": "-", "command": "-", "torch": "-", "triton": "-",
                                 "capability": "-", "seconds": 0.0, "checks": bad, "bench": None})
     assert "✗" in md and f"of {len(bad)} checks passed" in md
+
+
+def test_bench_and_selfcheck_markdown_tables():
+    # the report format, from a made-up result (no GPU here): every figure lands in its column
+    from course_lib.triton_kernels import bench, selfcheck
+
+    res = {"gpu": "Some GPU", "date": "2026-01-01", "command": "cmd", "torch": "t", "triton": "tr",
+           "copy_gbps": 1000.0, "flash_shape": {"B": 4, "H": 32, "d": 64},
+           "rows": [{"n_cols": 1024, "softmax_triton_gbps": 800.0, "softmax_torch_gbps": 500.0,
+                     "rmsnorm_triton_gbps": 700.0, "rmsnorm_torch_gbps": 300.0}],
+           "flash": [{"causal": False, "N": 4096, "triton_tflops": 300.0, "sdpa_tflops": 400.0, "ratio": 0.75}],
+           "flash_bwd": [{"causal": True, "N": 4096, "triton_tflops": 100.0, "sdpa_tflops": 250.0, "ratio": 0.4}],
+           "matmul": [{"n": 8192, "triton_tflops": 600.0, "torch_tflops": 700.0, "ratio": 0.857}]}
+    md = bench.to_markdown(res)
+    assert "| 1024 | 800 | 500 | 700 | 300 | 0.80 | 0.70 |" in md
+    assert "| False | 4096 | 300.0 | 400.0 | 0.75 |" in md and "| True | 4096 | 100.0 | 250.0 | 0.40 |" in md
+    assert "| 8192 | 600.0 | 700.0 | 0.86 |" in md
+    check = {"kernel": "matmul", "case": "1x1x1", "dtype": "float16", "max_err": 1e-3, "torch_err": 1e-3,
+             "tol": 1e-2, "ok": True}
+    sc = selfcheck.to_markdown({"gpu": "Some GPU", "date": "d", "command": "c", "torch": "t", "triton": "tr",
+                                "capability": "9.0", "seconds": 200.0, "checks": [check], "bench": res})
+    assert "**1 of 1 checks passed**" in sc and "| matmul | 1x1x1 | float16 | 1.0e-03 |" in sc and md in sc

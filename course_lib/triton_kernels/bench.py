@@ -162,24 +162,23 @@ def to_markdown(res: dict) -> str:
              f"(torch {res['torch']}, triton {res['triton']})", "",
              f"Measured copy bandwidth (`x.clone()`, 1 GiB): **{res['copy_gbps']:.0f} GB/s**", "",
              f"Softmax and RMSNorm, fp16, {N_ROWS} rows, GB/s (one read + one write):", "",
-             "| n_cols | softmax Triton | softmax torch | RMSNorm Triton | RMSNorm torch | Triton softmax / copy |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| n_cols | softmax Triton | softmax torch | RMSNorm Triton | RMSNorm torch | Triton softmax / copy "
+             "| Triton RMSNorm / copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         lines.append(f"| {r['n_cols']} | {r['softmax_triton_gbps']:.0f} | {r['softmax_torch_gbps']:.0f} | "
                      f"{r['rmsnorm_triton_gbps']:.0f} | {r['rmsnorm_torch_gbps']:.0f} | "
-                     f"{r['softmax_triton_gbps'] / res['copy_gbps']:.2f} |")
+                     f"{r['softmax_triton_gbps'] / res['copy_gbps']:.2f} | "
+                     f"{r['rmsnorm_triton_gbps'] / res['copy_gbps']:.2f} |")
     s = res["flash_shape"]
-    lines += ["", f"FlashAttention-2 forward, fp16, B={s['B']}, H={s['H']}, d={s['d']}, TFLOP/s:", "",
-              "| causal | N | Triton | SDPA | Triton / SDPA |", "|---|---:|---:|---:|---:|"]
-    for r in res["flash"]:
-        lines.append(f"| {r['causal']} | {r['N']} | {r['triton_tflops']:.1f} | {r['sdpa_tflops']:.1f} | "
-                     f"{r['ratio']:.2f} |")
-    if res.get("flash_bwd"):
-        lines += ["", "FlashAttention-2 backward (dQ, dK, dV), same shapes, TFLOP/s (2.5 × forward FLOPs):", "",
-                  "| causal | N | Triton | SDPA | Triton / SDPA |", "|---|---:|---:|---:|---:|"]
-        for r in res["flash_bwd"]:
-            lines.append(f"| {r['causal']} | {r['N']} | {r['triton_tflops']:.1f} | {r['sdpa_tflops']:.1f} | "
-                         f"{r['ratio']:.2f} |")
+    tables = [("flash", f"FlashAttention-2 forward, fp16, B={s['B']}, H={s['H']}, d={s['d']}, TFLOP/s:"),
+              ("flash_bwd", "FlashAttention-2 backward (dQ, dK, dV), same shapes, TFLOP/s (2.5 × forward FLOPs):")]
+    for key, title in tables:
+        if not res.get(key):
+            continue
+        lines += ["", title, "", "| causal | N | Triton | SDPA | Triton / SDPA |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['causal']} | {r['N']} | {r['triton_tflops']:.1f} | {r['sdpa_tflops']:.1f} | {r['ratio']:.2f} |"
+                  for r in res[key]]
     if res.get("matmul"):
         lines += ["", "Tiled matmul, fp16, n × n × n, TFLOP/s (2n³):", "",
                   "| n | Triton | torch.matmul | Triton / torch |", "|---:|---:|---:|---:|"]
