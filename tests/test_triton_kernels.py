@@ -436,11 +436,13 @@ def test_selfcheck_checks_pass_in_the_interpreter_and_catch_a_wrong_kernel(monke
     from course_lib.triton_kernels import flash as flash_mod
 
     out: list = []
+    selfcheck.check_row_kernels(out, [(3, 37)])
     selfcheck.check_matmul(out, [(37, 20, 50)])
     selfcheck.check_flash(out, [(1, 1, 37, 16)])
     assert out and all(c["ok"] for c in out), [c for c in out if not c["ok"]]
     kernels = {c["kernel"] for c in out}
-    assert {"matmul", "flash fwd O", "flash fwd LSE", "flash bwd dQ", "flash bwd dK", "flash bwd dV"} <= kernels
+    assert {"add", "softmax", "rms_norm", "matmul", "flash fwd O", "flash fwd LSE", "flash bwd dQ", "flash bwd dK",
+            "flash bwd dV"} <= kernels
     assert {c["dtype"] for c in out} >= {"float32", "float16"}
 
     real = flash_mod.flash_attention_backward
