@@ -317,7 +317,10 @@ def flash_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, Delta, sm_scale,
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     # causal: queries before start_n see none of these keys; start at the query block holding start_n
-    lo = (start_n // BLOCK_M) * BLOCK_M if IS_CAUSAL else 0
+    if IS_CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
     dk, dv = _attn_bwd_dkdv(dk, dv, k, v,
                             Q + off_b * stride_qb + off_h * stride_qh,
                             DO + off_b * stride_dob + off_h * stride_doh,
@@ -356,7 +359,10 @@ def flash_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, Delta, sm_scale,
     v_base = V + off_b * stride_vb + off_h * stride_vh
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    hi = tl.minimum(start_m + BLOCK_M, N) if IS_CAUSAL else N     # key blocks past the diagonal: skipped
+    if IS_CAUSAL:
+        hi = tl.minimum(start_m + BLOCK_M, N)     # key blocks past the diagonal are skipped
+    else:
+        hi = N
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         k = tl.load(k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd,
