@@ -333,3 +333,14 @@ def test_flash_bwd_dkdv_catches_an_unmasked_store():
     wrong = jit(DKDV, ("dv, mask=kv_mask)", "dv)"))
     with pytest.raises(AssertionError, match=r"unmasked tail \(N not a multiple of BLOCK_N\)"):
         ch12.check_flash_bwd_dkdv(wrong)
+
+
+def test_fp32_failure_on_a_tf32_gpu_says_to_pass_ieee(monkeypatch):
+    # here (interpreter) fp32 is exact; simulate the GPU where tl.dot's fp32 default is TF32
+    monkeypatch.setattr(ch12, "_tf32_by_default", lambda: True)
+    wrong = jit(DKDV, ("tl.exp(s - lse[:, None])", "tl.exp(s - lse[:, None]) * 1.001"))
+    with pytest.raises(AssertionError, match=r"wrong values .* pass input_precision=\"ieee\" to every tl.dot"):
+        ch12.check_flash_bwd_dkdv(wrong)
+    monkeypatch.setattr(ch12, "_tf32_by_default", lambda: False)
+    with pytest.raises(AssertionError, match=r"wrong values \(max abs error [^—]*\)$"):
+        ch12.check_flash_bwd_dkdv(wrong)
