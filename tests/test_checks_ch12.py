@@ -70,7 +70,7 @@ def kernel(Q, K, V, O, LSE, sm_scale, N,
         cols = start_n + offs_n
         k = tl.load(K + base + cols[None, :] * HEAD_DIM + offs_d[:, None], mask=cols[None, :] < N, other=0.0)
         v = tl.load(V + base + cols[:, None] * HEAD_DIM + offs_d[None, :], mask=cols[:, None] < N, other=0.0)
-        s = tl.dot(q, k) * sm_scale
+        s = tl.dot(q, k, input_precision="ieee") * sm_scale
         keep = cols[None, :] < N
         if IS_CAUSAL:
             keep = keep & (offs_m[:, None] >= cols[None, :])
@@ -79,7 +79,7 @@ def kernel(Q, K, V, O, LSE, sm_scale, N,
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
     acc = acc / l_i[:, None]
     tl.store(LSE + bh * N + offs_m, m_i + tl.log(l_i), mask=offs_m < N)
@@ -96,6 +96,44 @@ def kernel(out_ptr, in_ptr, w_ptr, in_row_stride, out_row_stride, n_cols, eps, B
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = x * tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps) * w
     tl.store(out_ptr + row * out_row_stride + cols, y, mask=mask)
+'''
+
+DKDV = '''
+@triton.jit
+def kernel(Q, K, V, DO, DK, DV, LSE, Delta, sm_scale, N,
+           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    base = bh * N * HEAD_DIM
+    kv_mask = offs_n[:, None] < N
+    k = tl.load(K + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    if IS_CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+    for start_m in range(lo, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q_mask = offs_m[:, None] < N
+        q = tl.load(Q + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(DO + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(LSE + bh * N + offs_m, mask=offs_m < N, other=0.0)
+        delta = tl.load(Delta + bh * N + offs_m, mask=offs_m < N, other=0.0)
+        keep = (offs_m[:, None] < N) & (offs_n[None, :] < N)
+        if IS_CAUSAL:
+            keep = keep & (offs_m[:, None] >= offs_n[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale
+        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision="ieee")
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision="ieee") * sm_scale
+    tl.store(DK + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :], dk, mask=kv_mask)
+    tl.store(DV + base + offs_n[:, None] * HEAD_DIM + offs_d[None, :], dv, mask=kv_mask)
 '''
 
 STUB_BODY = '    # YOUR CODE HERE\n    raise NotImplementedError("fill in this answer")\n'
@@ -195,15 +233,16 @@ def test_flash_inner_stub_is_not_implemented(flash_stub):
     (("acc = acc * alpha[:, None] + tl.dot", "acc = acc + tl.dot"), r"missing rescale of acc by exp\(m_old − m_new\)"),
     (("l_i = l_i * alpha + tl.sum(p, 1)", "l_i = l_i + tl.sum(p, 1)"), r"missing rescale of ℓ by exp\(m_old − m_new\)"),
     (("        m_i = m_new\n", "        m_i = m_new\n        acc = acc / l_i[:, None]\n"), "normalizing inside the loop"),
-    (("        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)\n",
-      "        acc = (acc * (l_i - tl.sum(p, 1))[:, None] + tl.dot(p.to(v.dtype), v)) / l_i[:, None]\n"),
+    (("        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=\"ieee\")\n",
+      "        acc = (acc * (l_i - tl.sum(p, 1))[:, None] + tl.dot(p.to(v.dtype), v, input_precision=\"ieee\"))"
+      " / l_i[:, None]\n"),
      "normalizing inside the loop"),
     (("        m_i = m_new\n", ""), "m_i never updated"),
     (("""        m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         m_i = m_new
 """, """        p = tl.exp(s)
         l_i = l_i + tl.sum(p, 1)
@@ -247,3 +286,61 @@ def test_rms_norm_kernel_passes(capsys):
 def test_rms_norm_kernel_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch12.check_rms_norm_kernel(wrong())
+
+
+# ----------------------------------------------------------------------------- task 5
+BWD_BODY = "        s = tl.dot(q, tl.trans(k)"
+
+
+@pytest.fixture(scope="module")
+def dkdv_stub():
+    # the exercise's stub: the scaffold with the loop body replaced by `raise NotImplementedError`
+    head, tail = DKDV.split(BWD_BODY)
+    tail = tail[tail.index("    tl.store(DK"):]
+    return jit(head + STUB_BODY.replace("    ", "        ") + tail)
+
+
+def test_flash_bwd_dkdv_passes(capsys):
+    ch12.check_flash_bwd_dkdv(jit(DKDV))
+    assert capsys.readouterr().out == "✓ flash_bwd_dkdv: all 6 cases passed\n"
+
+
+def test_flash_bwd_dkdv_stub_is_not_implemented(dkdv_stub):
+    with pytest.raises(AssertionError, match="flash_bwd_dkdv_kernel is not implemented yet"):
+        ch12.check_flash_bwd_dkdv(dkdv_stub)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("tl.exp(s - lse[:, None])", "tl.exp(s)"), r"P not normalised: recompute P = exp\(S − LSE\)"),
+    ((") * sm_scale\n        p", ")\n        p"), "scores not scaled"),
+    (("p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)", "p = tl.exp(s - lse[:, None])"), "P not masked"),
+    (("tl.dot(tl.trans(p).to(do.dtype), do", "tl.dot(p.to(do.dtype), do"), r"missing transpose: dV = Pᵀ dO"),
+    (("tl.dot(tl.trans(ds).to(q.dtype), q", "tl.dot(ds.to(q.dtype), q"), r"missing transpose: dK = dSᵀ Q"),
+    (("ds = p * (dp - delta[:, None])", "ds = p * dp"), "D missing"),
+    (("delta[:, None]", "delta[None, :]"), r"D broadcast over the wrong axis \(the keepdim mistake\)"),
+    (("ds = p * (dp - delta[:, None])", "ds = p * (delta[:, None] - dp)"), "sign flipped"),
+    (('input_precision="ieee") * sm_scale\n    tl.store', 'input_precision="ieee")\n    tl.store'),
+     "scale forgotten in dK"),
+    (("tl.exp(s - lse[:, None])", "tl.exp(s + lse[:, None])"), "wrong values"),
+])
+def test_flash_bwd_dkdv_names_the_mistake(edit, message):
+    wrong = jit(DKDV, edit)
+    with pytest.raises(AssertionError, match=message):
+        ch12.check_flash_bwd_dkdv(wrong)
+
+
+def test_flash_bwd_dkdv_catches_an_unmasked_store():
+    wrong = jit(DKDV, ("dv, mask=kv_mask)", "dv)"))
+    with pytest.raises(AssertionError, match=r"unmasked tail \(N not a multiple of BLOCK_N\)"):
+        ch12.check_flash_bwd_dkdv(wrong)
+
+
+def test_fp32_failure_on_a_tf32_gpu_says_to_pass_ieee(monkeypatch):
+    # here (interpreter) fp32 is exact; simulate the GPU where tl.dot's fp32 default is TF32
+    monkeypatch.setattr(ch12, "_tf32_by_default", lambda: True)
+    wrong = jit(DKDV, ("tl.exp(s - lse[:, None])", "tl.exp(s - lse[:, None]) * 1.001"))
+    with pytest.raises(AssertionError, match=r"wrong values .* pass input_precision=\"ieee\" to every tl.dot"):
+        ch12.check_flash_bwd_dkdv(wrong)
+    monkeypatch.setattr(ch12, "_tf32_by_default", lambda: False)
+    with pytest.raises(AssertionError, match=r"wrong values \(max abs error [^—]*\)$"):
+        ch12.check_flash_bwd_dkdv(wrong)

@@ -239,7 +239,8 @@ def test_flash_rejects_bad_input_with_a_clear_message():
 
 
 def test_package_exports():
-    assert set(tk.__all__) >= {"INTERPRETED", "DEVICE", "add", "softmax", "rms_norm", "flash_attention_forward"}
+    assert set(tk.__all__) >= {"INTERPRETED", "DEVICE", "add", "softmax", "rms_norm", "matmul", "flash_attention",
+                               "flash_attention_forward"}
 
 
 def test_bench_without_a_gpu_writes_nothing(capsys):
@@ -264,3 +265,214 @@ def test_flash_equals_chapter5_pytorch_flash(causal):
     o_pt, lse_pt = flash_pt.flash_attention_forward(q.cpu(), k.cpu(), v.cpu(), causal=causal, Br=32, Bc=16)
     close(o, o_pt, torch.float32)
     close(lse, lse_pt, torch.float32, factor=10.0)
+
+
+# ----------------------------------------------------------------------------- tiled matmul
+from course_lib.triton_kernels.matmul import grouped_tile, matmul, tile_order  # noqa: E402
+
+import triton  # noqa: E402  (after course_lib.triton_kernels: TRITON_INTERPRET is set)
+import triton.language as tl  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
+@pytest.mark.parametrize("M, N, K, blocks, group_m", [
+    (37, 50, 70, (32, 32, 32), 8),      # ragged on every edge
+    (64, 64, 64, (32, 32, 16), 2),      # exact multiples, several K steps
+    (16, 100, 17, (16, 32, 16), 1),     # row-major order, K just over one block
+    (1, 1, 1, (16, 16, 16), 4),
+])
+def test_matmul_matches_torch(M, N, K, blocks, group_m, dtype):
+    a, b = randn(M, K, dtype=dtype, seed=40), randn(K, N, dtype=dtype, seed=41)
+    bm, bn, bk = blocks
+    c = matmul(a, b, block_m=bm, block_n=bn, block_k=bk, group_m=group_m)
+    assert c.shape == (M, N) and c.dtype == dtype
+    want = a.double() @ b.double()
+    # fp16: the output is rounded to fp16 (fp32 accumulation inside); scale the tolerance by √K
+    close(c, want, dtype, factor=2.0 * math.sqrt(K) if dtype == torch.float16 else 10.0)
+
+
+def test_matmul_strided_inputs_and_empty_edges():
+    a = randn(40, 30, seed=42)[:, ::2]                   # column stride 2
+    b = randn(50, 15, seed=43).T                          # a transposed view
+    close(matmul(a, b), a @ b, torch.float32, factor=10)
+    assert matmul(randn(0, 5), randn(5, 3)).shape == (0, 3)
+    assert torch.equal(matmul(randn(4, 0), randn(0, 3)), torch.zeros(4, 3, device=DEVICE))
+
+
+@triton.jit
+def _tile_of_program_kernel(pid_m_ptr, pid_n_ptr, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
+    tl.store(pid_m_ptr + pid, pid_m)
+    tl.store(pid_n_ptr + pid, pid_n)
+
+
+@pytest.mark.parametrize("num_pid_m, num_pid_n, group_m", [(4, 3, 2), (5, 4, 2), (7, 3, 8), (3, 5, 1)])
+def test_grouped_tile_is_a_permutation_equal_to_the_python_map(num_pid_m, num_pid_n, group_m):
+    n = num_pid_m * num_pid_n
+    pm, pn = (torch.full((n,), -1, dtype=torch.int32, device=DEVICE) for _ in range(2))
+    _tile_of_program_kernel[(n,)](pm, pn, num_pid_m, num_pid_n, GROUP_M=group_m)
+    got = list(zip(pm.tolist(), pn.tolist()))
+    assert got == tile_order(num_pid_m, num_pid_n, group_m)
+    assert sorted(got) == [(i, j) for i in range(num_pid_m) for j in range(num_pid_n)]   # every tile once
+    if group_m == 1:
+        assert got == [divmod(p, num_pid_n) for p in range(n)]                         # row-major
+
+
+def test_matmul_rejects_bad_input_with_a_clear_message():
+    a = randn(4, 8)
+    with pytest.raises(ValueError, match=r"b: expected shape \(8, N\) \(K = a.shape\[1\]\); got \(7, 3\)"):
+        matmul(a, randn(7, 3))
+    with pytest.raises(ValueError, match=r"b: expected the dtype of a"):
+        matmul(a, randn(8, 3).half())
+    with pytest.raises(ValueError, match=r"a: expected 2 dimensions"):
+        matmul(randn(2, 4, 8), randn(8, 3))
+    with pytest.raises(ValueError, match=r"block_k: expected a power of two ≥ 16"):
+        matmul(a, randn(8, 3), block_m=16, block_n=16, block_k=8)
+    with pytest.raises(ValueError, match=r"group_m: expected an int ≥ 1; got 0"):
+        matmul(a, randn(8, 3), group_m=0)
+
+
+# ----------------------------------------------------------------------------- FlashAttention backward
+from course_lib.triton_kernels.flash import flash_attention, flash_attention_backward  # noqa: E402
+
+
+def sdpa_grads(q, k, v, do, causal, scale=None):
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    o = F.scaled_dot_product_attention(*leaves, is_causal=causal, scale=scale)
+    return o, torch.autograd.grad(o, leaves, do.double())
+
+
+BWD_CASES = [
+    # (B, H, N, d, block_m, block_n)
+    (1, 2, 37, 16, 32, 16),     # N not a multiple of either block
+    (2, 1, 64, 32, 32, 32),     # exact multiples
+    (1, 1, 50, 64, 16, 16),     # block_m = block_n, ragged
+    (1, 1, 1, 16, 16, 16),      # one query, one key
+]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: "B{}H{}N{}d{}-{}x{}".format(*c))
+def test_flash_gradients_equal_sdpa_fp32(case, causal):
+    B, H, N, d, bm, bn = case
+    q, k, v, do = (randn(B, H, N, d, seed=s) for s in (50, 51, 52, 53))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    o = flash_attention(*leaves, causal, block_m=bm, block_n=bn)
+    grads = torch.autograd.grad(o, leaves, do)
+    want_o, want = sdpa_grads(q, k, v, do, causal)
+    close(o, want_o, torch.float32, factor=2.0)
+    for name, got, ref in zip("qkv", grads, want):
+        assert got.shape == (B, H, N, d) and got.dtype == torch.float32, name
+        close(got, ref, torch.float32, factor=5.0)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_gradients_fp16(causal):
+    # fp16 in, fp32 accumulation: within the error SDPA itself makes in fp16 (and a floor)
+    q, k, v, do = (randn(1, 2, 45, 32, dtype=torch.float16, seed=s) for s in (54, 55, 56, 57))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    grads = torch.autograd.grad(flash_attention(*leaves, causal, block_m=32, block_n=16), leaves, do)
+    _, want = sdpa_grads(q, k, v, do, causal)
+    own = [t.clone().requires_grad_() for t in (q, k, v)]
+    torch_grads = torch.autograd.grad(F.scaled_dot_product_attention(*own, is_causal=causal), own, do)
+    for got, ref, t in zip(grads, want, torch_grads):
+        assert got.dtype == torch.float16
+        err, torch_err = (got.double() - ref).abs().max().item(), (t.double() - ref).abs().max().item()
+        assert err <= max(2e-3, 2 * torch_err), (err, torch_err)
+
+
+def test_flash_backward_strided_inputs_scale_default_blocks_and_determinism():
+    B, N, H, d = 1, 40, 2, 16
+    qkv = randn(B, N, 3, H, d, seed=58).requires_grad_()
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    do = randn(B, H, N, d, seed=59)
+    (gqkv,) = torch.autograd.grad(flash_attention(q, k, v, True, scale=0.3), qkv, do)
+    ref_qkv = qkv.detach().double().requires_grad_()
+    rq, rk, rv = (ref_qkv[:, :, i].transpose(1, 2) for i in range(3))
+    (want,) = torch.autograd.grad(F.scaled_dot_product_attention(rq, rk, rv, is_causal=True, scale=0.3),
+                                  ref_qkv, do.double())
+    close(gqkv, want, torch.float32, factor=5.0)
+    (again,) = torch.autograd.grad(flash_attention(q, k, v, True, scale=0.3), qkv, do)
+    assert torch.equal(gqkv, again)                       # no atomics: bit-identical reruns
+
+
+def test_flash_backward_rejects_bad_input_with_a_clear_message():
+    q = randn(1, 2, 8, 16)
+    o, lse = flash_attention_forward(q, q, q)
+    with pytest.raises(ValueError, match=r"do: expected the shape of q"):
+        flash_attention_backward(q, q, q, o, lse, randn(1, 2, 9, 16))
+    with pytest.raises(ValueError, match=r"lse: expected shape \(1, 2, 8\) \(\[B, H, N\] of q\); got \(1, 2, 7\)"):
+        flash_attention_backward(q, q, q, o, lse[..., :7], o)
+    with pytest.raises(ValueError, match=r"lse: expected dtype in \(torch.float32\); got torch.float16"):
+        flash_attention_backward(q, q, q, o, lse.half(), o)
+
+
+# ----------------------------------------------------------------------------- the GPU self-check
+def test_selfcheck_without_a_gpu_says_so_and_writes_nothing(capsys):
+    from course_lib.triton_kernels import bench, selfcheck
+
+    if torch.cuda.is_available():  # on a GPU the self-check is run by hand, not by the test suite
+        pytest.skip("a GPU is present: run python -m course_lib.triton_kernels.selfcheck")
+    before = sorted(bench.RESULTS.glob("*")) if bench.RESULTS.exists() else []
+    assert selfcheck.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("No CUDA GPU on this machine") and "Nothing checked, nothing written" in out
+    after = sorted(bench.RESULTS.glob("*")) if bench.RESULTS.exists() else []
+    assert before == after
+
+
+def test_selfcheck_module_runs_as_a_command_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = subprocess.run([sys.executable, "-m", "course_lib.triton_kernels.selfcheck"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "No CUDA GPU" in out.stdout, out.stderr[-2000:]
+
+
+def test_selfcheck_checks_pass_in_the_interpreter_and_catch_a_wrong_kernel(monkeypatch):
+    # the same check functions the GPU run uses, at tiny sizes, on whatever device the kernels use
+    from course_lib.triton_kernels import selfcheck
+    from course_lib.triton_kernels import flash as flash_mod
+
+    out: list = []
+    selfcheck.check_row_kernels(out, [(3, 37)])
+    selfcheck.check_matmul(out, [(37, 20, 50)])
+    selfcheck.check_flash(out, [(1, 1, 37, 16)])
+    assert out and all(c["ok"] for c in out), [c for c in out if not c["ok"]]
+    kernels = {c["kernel"] for c in out}
+    assert {"add", "softmax", "rms_norm", "matmul", "flash fwd O", "flash fwd LSE", "flash bwd dQ", "flash bwd dK",
+            "flash bwd dV"} <= kernels
+    assert {c["dtype"] for c in out} >= {"float32", "float16"}
+
+    real = flash_mod.flash_attention_backward
+    monkeypatch.setattr(flash_mod, "flash_attention_backward",
+                        lambda *a, **kw: tuple(g * 1.01 for g in real(*a, **kw)))   # 1 % off
+    bad: list = []
+    selfcheck.check_flash(bad, [(1, 1, 37, 16)])
+    assert not all(c["ok"] for c in bad if c["kernel"].startswith("flash bwd"))
+    md = selfcheck.to_markdown({"gpu": "test", "date": "-", "command": "-", "torch": "-", "triton": "-",
+                                "capability": "-", "seconds": 0.0, "checks": bad, "bench": None})
+    assert "✗" in md and f"of {len(bad)} checks passed" in md
+
+
+def test_bench_and_selfcheck_markdown_tables():
+    # the report format, from a made-up result (no GPU here): every figure lands in its column
+    from course_lib.triton_kernels import bench, selfcheck
+
+    res = {"gpu": "Some GPU", "date": "2026-01-01", "command": "cmd", "torch": "t", "triton": "tr",
+           "copy_gbps": 1000.0, "flash_shape": {"B": 4, "H": 32, "d": 64},
+           "rows": [{"n_cols": 1024, "softmax_triton_gbps": 800.0, "softmax_torch_gbps": 500.0,
+                     "rmsnorm_triton_gbps": 700.0, "rmsnorm_torch_gbps": 300.0}],
+           "flash": [{"causal": False, "N": 4096, "triton_tflops": 300.0, "sdpa_tflops": 400.0, "ratio": 0.75}],
+           "flash_bwd": [{"causal": True, "N": 4096, "triton_tflops": 100.0, "sdpa_tflops": 250.0, "ratio": 0.4}],
+           "matmul": [{"n": 8192, "triton_tflops": 600.0, "torch_tflops": 700.0, "ratio": 0.857}]}
+    md = bench.to_markdown(res)
+    assert "| 1024 | 800 | 500 | 700 | 300 | 0.80 | 0.70 |" in md
+    assert "| False | 4096 | 300.0 | 400.0 | 0.75 |" in md and "| True | 4096 | 100.0 | 250.0 | 0.40 |" in md
+    assert "| 8192 | 600.0 | 700.0 | 0.86 |" in md
+    check = {"kernel": "matmul", "case": "1x1x1", "dtype": "float16", "max_err": 1e-3, "torch_err": 1e-3,
+             "tol": 1e-2, "ok": True}
+    sc = selfcheck.to_markdown({"gpu": "Some GPU", "date": "d", "command": "c", "torch": "t", "triton": "tr",
+                                "capability": "9.0", "seconds": 200.0, "checks": [check], "bench": res})
+    assert "**1 of 1 checks passed**" in sc and "| matmul | 1x1x1 | float16 | 1.0e-03 |" in sc and md in sc

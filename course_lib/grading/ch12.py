@@ -8,7 +8,15 @@ the signatures below; each check launches them itself:
    one program per row;
 3. ``flash_fwd_kernel(Q, K, V, O, LSE, sm_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL)`` — the
    online-softmax update of ``(m, ℓ, acc)`` for one key/value block, inside a given scaffold;
-4. ``rms_norm_kernel(out_ptr, in_ptr, w_ptr, in_row_stride, out_row_stride, n_cols, eps, BLOCK)``.
+4. ``rms_norm_kernel(out_ptr, in_ptr, w_ptr, in_row_stride, out_row_stride, n_cols, eps, BLOCK)``;
+5. ``flash_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, Delta, sm_scale, N, HEAD_DIM, BLOCK_M, BLOCK_N,
+   IS_CAUSAL)`` — the FlashAttention-2 backward's dK/dV accumulation of one key block over the
+   query blocks, inside a given scaffold; compared with the gradients of
+   ``F.scaled_dot_product_attention``.
+
+fp32 products: the scaffolds and reference answers pass ``input_precision="ieee"`` to ``tl.dot``,
+so fp32 runs exactly on every GPU (Triton's default on sm ≥ 80 is TF32, whose 10-bit mantissa
+would miss these fp32 tolerances by an order of magnitude); the tolerances below are fp32's.
 
 Every output buffer is a view into a larger buffer whose remainder holds a sentinel: a kernel
 that stores past the end (an unmasked tail) is caught deterministically, in the interpreter as
@@ -29,7 +37,8 @@ import torch.nn.functional as F
 
 from course_lib.grading import expect_close, passed
 
-__all__ = ["check_axpy_relu", "check_softmax_kernel", "check_flash_inner", "check_rms_norm_kernel"]
+__all__ = ["check_axpy_relu", "check_softmax_kernel", "check_flash_inner", "check_rms_norm_kernel",
+           "check_flash_bwd_dkdv"]
 
 SENTINEL = 12345.0
 
@@ -38,6 +47,28 @@ def _device() -> torch.device:
     from course_lib.triton_kernels import DEVICE  # sets TRITON_INTERPRET on a CPU first
 
     return DEVICE
+
+
+def _tf32_by_default() -> bool:
+    """True where ``tl.dot`` on fp32 defaults to TF32: compiled for compute capability ≥ 8.0."""
+    from course_lib.triton_kernels import INTERPRETED
+
+    return not INTERPRETED and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+TF32_HINT = (" — on this GPU tl.dot multiplies fp32 in TF32 (10-bit mantissa) unless told otherwise: "
+             "pass input_precision=\"ieee\" to every tl.dot")
+
+
+def _expect_close_fp32_dots(name, got, want, dtype, **kwargs) -> None:
+    """:func:`expect_close`, adding the TF32 hint to a plain 'wrong values' failure of an fp32
+    case on a GPU where fp32 ``tl.dot`` defaults to TF32 (the scaffolds pass ``"ieee"``)."""
+    try:
+        expect_close(name, got, want, **kwargs)
+    except AssertionError as exc:
+        if dtype == torch.float32 and "wrong values" in str(exc) and _tf32_by_default():
+            raise AssertionError(str(exc) + TF32_HINT) from None
+        raise
 
 
 def _next_pow2(n: int) -> int:
@@ -275,7 +306,8 @@ def check_flash_inner(flash_fwd_kernel) -> None:
             "and is divided by ℓ once after the loop": sim["normalize_inside_fa1"][0],
             "m_i never updated: end the body with m_i = m_new": sim["m_not_updated"][0],
         }
-        expect_close(f"O of {label}", got_o.double(), want_o, mistakes=mistakes_o, atol=atol, rtol=rtol)
+        _expect_close_fp32_dots(f"O of {label}", got_o.double(), want_o, dtype, mistakes=mistakes_o,
+                                atol=atol, rtol=rtol)
         expect_close(f"LSE of {label}", got_l.double(), want_l, atol=1e-3, rtol=1e-4, mistakes={
             "missing rescale of ℓ by exp(m_old − m_new): l_i = l_i · α + rowsum(P)": sim["no_rescale_l"][1],
             "m_i never updated: end the body with m_i = m_new": sim["m_not_updated"][1],
@@ -317,3 +349,113 @@ def check_rms_norm_kernel(rms_norm_kernel) -> None:
             if rows > 1 else None,
         })
     passed("rms_norm_kernel", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 5
+def _dkdv_simulated(q, k, v, do, lse, delta, scale, causal, block_m, block_n, variant):
+    """The scaffold's loops in float64 on zero-padded blocks, with a (possibly wrong) body.
+
+    Returns ``(dK, dV)`` ``[BH, N, d]``, or ``None`` where the mistake does not type-check
+    (a missing transpose with ``BLOCK_M ≠ BLOCK_N`` fails to compile instead).
+    """
+    if variant in ("no_transpose_dv", "no_transpose_dk", "delta_wrong_axis") and block_m != block_n:
+        return None
+    BH, N, d = q.shape
+    step = block_m * block_n // math.gcd(block_m, block_n)
+    Np = _cdiv(N, step) * step
+    pad = lambda t: F.pad(t.double(), (0, 0, 0, Np - N)) if t.dim() == 3 else F.pad(t.double(), (0, Np - N))  # noqa: E731
+    q, k, v, do, lse, delta = (pad(t) for t in (q, k, v, do, lse, delta))
+    idx = torch.arange(Np)
+    dK = torch.zeros(BH, Np, d, dtype=torch.float64)
+    dV = torch.zeros(BH, Np, d, dtype=torch.float64)
+    for start_n in range(0, N, block_n):
+        cols = idx[start_n: start_n + block_n]
+        kj, vj = k[:, cols], v[:, cols]
+        dk = torch.zeros(BH, block_n, d, dtype=torch.float64)
+        dv = torch.zeros(BH, block_n, d, dtype=torch.float64)
+        lo = (start_n // block_m) * block_m if causal else 0
+        for start_m in range(lo, N, block_m):
+            rows = idx[start_m: start_m + block_m]
+            qi, doi, lse_i, d_i = q[:, rows], do[:, rows], lse[:, rows], delta[:, rows]
+            keep = (rows[:, None] < N) & (cols[None, :] < N)
+            if causal and variant != "no_mask":
+                keep = keep & (rows[:, None] >= cols[None, :])
+            s = qi @ kj.transpose(-1, -2) * (1.0 if variant == "no_scale_s" else scale)
+            p = torch.exp(s) if variant == "no_lse" else torch.exp(s - lse_i[..., None])
+            p = p.masked_fill(~keep, 0.0)
+            dv = dv + (p @ doi if variant == "no_transpose_dv" else p.transpose(-1, -2) @ doi)
+            dp = doi @ vj.transpose(-1, -2)
+            if variant == "no_delta":
+                ds = p * dp
+            elif variant == "delta_wrong_axis":
+                ds = p * (dp - d_i[..., None, :])
+            elif variant == "sign":
+                ds = p * (d_i[..., None] - dp)
+            else:
+                ds = p * (dp - d_i[..., None])
+            term = ds @ qi if variant == "no_transpose_dk" else ds.transpose(-1, -2) @ qi
+            dk = dk + term * (1.0 if variant == "no_scale_dk" else scale)
+        dK[:, cols], dV[:, cols] = dk, dv
+    return dK[:, :N], dV[:, :N]
+
+
+_DKDV_MISTAKES = {
+    "no_lse": "P not normalised: recompute P = exp(S − LSE) (subtract the forward's log-sum-exp "
+              "lse[:, None] from the scaled scores)",
+    "no_scale_s": "scores not scaled: S = Q Kᵀ · sm_scale before exp (the forward scaled them)",
+    "no_mask": "P not masked: apply tl.where(keep, P, 0) — above the diagonal (causal) P must be 0",
+    "no_transpose_dv": "missing transpose: dV = Pᵀ dO (the key block is the row index of dV), not P dO",
+    "no_transpose_dk": "missing transpose: dK = dSᵀ Q · scale, not dS Q",
+    "no_delta": "D missing: dS = P ∘ (dP − D) with D = rowsum(dO ∘ O), the softmax backward",
+    "delta_wrong_axis": "D broadcast over the wrong axis (the keepdim mistake): D has one value per query "
+                        "row, so subtract delta[:, None] from dP [BLOCK_M, BLOCK_N]",
+    "sign": "sign flipped: dS = P ∘ (dP − D), not P ∘ (D − dP)",
+    "no_scale_dk": "scale forgotten in dK: S = Q Kᵀ · scale, so dK = dSᵀ Q · scale",
+}
+
+
+def check_flash_bwd_dkdv(flash_bwd_dkdv_kernel) -> None:
+    """Task 5: dK and dV of the scaffold's backward kernel against SDPA's gradients (float64)."""
+    name = "flash_bwd_dkdv_kernel"
+    # (BH, N, d, BLOCK_M, BLOCK_N, causal, dtype): N ragged; equal blocks first, so that a missing
+    # transpose gives wrong numbers (named) before a case where it would not compile
+    cases = [(2, 40, 16, 16, 16, False, torch.float32), (2, 40, 16, 16, 16, True, torch.float32),
+             (1, 50, 32, 16, 32, False, torch.float32), (1, 64, 16, 32, 16, True, torch.float32),
+             (1, 48, 16, 16, 16, True, torch.float16), (1, 1, 16, 16, 16, False, torch.float32)]
+    dev = _device()
+    for i, (BH, N, d, bm, bn, causal, dtype) in enumerate(cases):
+        label = f"{name} (N={N}, d={d}, BLOCK_M={bm}, BLOCK_N={bn}, {'causal' if causal else 'full'}, " \
+                f"{str(dtype).replace('torch.', '')})"
+        g = torch.Generator().manual_seed(700 + i)
+        q, k, v, do = (torch.randn(BH, N, d, generator=g).to(dtype) for _ in range(4))
+        scale = 1.0 / math.sqrt(d)
+        leaves = [t.double().requires_grad_() for t in (q, k, v)]
+        o = F.scaled_dot_product_attention(*leaves, is_causal=causal)
+        _, want_dk, want_dv = torch.autograd.grad(o, leaves, do.double())
+        s = (q.double() @ k.double().transpose(-1, -2)) * scale
+        if causal:
+            s = s.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), -math.inf)
+        lse = torch.logsumexp(s, -1)                                 # the forward's LSE  [BH, N]
+        delta = (do.double() * o.detach()).sum(-1)                   # D = rowsum(dO ∘ O) [BH, N]
+        dk, kbuf = _guarded((BH * N, d), torch.float32, bn * d, float("nan"), row_pad=0)
+        dv, vbuf = _guarded((BH * N, d), torch.float32, bn * d, float("nan"), row_pad=0)
+        _launch(flash_bwd_dkdv_kernel, (_cdiv(N, bn), BH), q.to(dev), k.to(dev), v.to(dev), do.to(dev),
+                dk, dv, lse.float().to(dev), delta.float().to(dev), scale, N,
+                name=name, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, IS_CAUSAL=causal)
+        tail = "unmasked tail (N not a multiple of BLOCK_N): the scaffold's stores must keep offs_n < N"
+        _expect_guard(f"dK of {label}", dk, kbuf, tail)
+        _expect_guard(f"dV of {label}", dv, vbuf, tail)
+        got_dk = dk.detach().cpu().reshape(BH, N, d).double()
+        got_dv = dv.detach().cpu().reshape(BH, N, d).double()
+        sim = {key: _dkdv_simulated(q, k, v, do, lse, delta, scale, causal, bm, bn, key) for key in _DKDV_MISTAKES}
+        atol, rtol = (1e-4, 1e-4) if dtype == torch.float32 else (1e-2, 1e-2)
+        if not (torch.isfinite(got_dv).all() and torch.isfinite(got_dk).all()):
+            raise AssertionError(f"{label}: NaN or inf in dK or dV: is P = exp(S − LSE) (the LSE subtracted "
+                                 "inside the exp) and masked with tl.where(keep, P, 0.0)?")
+        _expect_close_fp32_dots(f"dV of {label}", got_dv, want_dv, dtype, atol=atol, rtol=rtol,
+                                mistakes={msg: None if sim[key] is None else sim[key][1]
+                                          for key, msg in _DKDV_MISTAKES.items()})
+        _expect_close_fp32_dots(f"dK of {label}", got_dk, want_dk, dtype, atol=atol, rtol=rtol,
+                                mistakes={msg: None if sim[key] is None else sim[key][0]
+                                          for key, msg in _DKDV_MISTAKES.items()})
+    passed("flash_bwd_dkdv", len(cases))

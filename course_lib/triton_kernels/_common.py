@@ -9,16 +9,40 @@ import torch
 from course_lib.triton_kernels.mode import DEVICE, INTERPRETED
 from course_lib.utils import check_floating, check_tensor
 
-#: dtypes the kernels accept. bf16 is left out on purpose: the interpreter's tl.dot is wrong on
-#: it and Colab's T4 (sm_75) has no bf16; fp32 and fp16 work everywhere.
+#: dtypes the kernels accept everywhere: fp32 and fp16.
 KERNEL_DTYPES = (torch.float32, torch.float16)
 
 
+def bf16_supported() -> bool:
+    """True when the kernels are compiled for a GPU of compute capability ≥ 8.0 (Ampere on).
+
+    bf16 is refused elsewhere: the interpreter's ``tl.dot`` on bf16 goes through NumPy, which has
+    no bf16 type (Triton's debugging docs list it as unsupported), and a T4 (sm_75) has no bf16
+    tensor cores.
+    """
+    return not INTERPRETED and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+def supported_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes the kernels accept on this machine: fp32, fp16, and bf16 where :func:`bf16_supported`."""
+    return KERNEL_DTYPES + ((torch.bfloat16,) if bf16_supported() else ())
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` for ``tl.dot`` on ``dtype`` operands.
+
+    fp32 → ``"ieee"``: exact fp32 products on the FMA units. Triton's default for fp32 on
+    sm ≥ 80 is ``"tf32"`` (10-bit mantissa on tensor cores), which would miss an fp32 reference
+    by ~1e-3. fp16/bf16 operands go to tensor cores whatever this says (``"tf32"`` is ignored).
+    """
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def check_kernel_input(name: str, x, *, ndim: int | None = None, min_dim: int | None = None,
-                       dtypes: Iterable[torch.dtype] = KERNEL_DTYPES) -> None:
+                       dtypes: Iterable[torch.dtype] | None = None) -> None:
     """Raise ``ValueError`` unless ``x`` is a tensor of an accepted dtype on the kernel device."""
     check_tensor(name, x, ndim=ndim, min_dim=min_dim)
-    check_floating(name, x, dtypes)
+    check_floating(name, x, supported_dtypes() if dtypes is None else dtypes)
     if x.device.type != DEVICE.type:
         mode = "the Triton interpreter (no GPU)" if INTERPRETED else "compiled Triton kernels"
         raise ValueError(f"{name}: expected a tensor on {DEVICE.type} for {mode}; got device {x.device}")

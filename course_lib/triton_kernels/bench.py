@@ -8,6 +8,10 @@ On a CUDA GPU it measures, with ``triton.testing.do_bench`` (median of many runs
 * the FlashAttention-2 forward (B=4, H=32, d=64, fp16, N = 512 … 4096, causal and not) — TFLOP/s,
   counting ``4·B·H·N²·d`` FLOPs (half when causal), for the Triton kernel and for
   ``F.scaled_dot_product_attention``, and their ratio;
+* the FlashAttention-2 backward at the same shapes — TFLOP/s counting ``2.5×`` the forward's FLOPs
+  (the convention of Triton's tutorial 06: five ``N²d`` products to the forward's two), Triton's
+  two-kernel backward against SDPA's, and their ratio;
+* the tiled matmul (fp16, square, 1024 … 8192) against ``torch.matmul`` (cuBLAS), TFLOP/s;
 
 checks every result against PyTorch before timing it, prints the tables, and saves them to
 ``course_lib/triton_kernels/results/bench_<gpu-name>.json`` and ``.md`` (with the GPU name, date,
@@ -32,6 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "python -m course_lib.triton_kernels.bench"
 FLASH_SHAPE = dict(B=4, H=32, d=64)
 SEQ_LENS = (512, 1024, 2048, 4096)
+MATMUL_SIZES = (1024, 2048, 4096, 8192)
 ROW_SIZES = (1024, 2048, 4096, 8192, 16384)
 N_ROWS = 4096
 
@@ -98,23 +103,87 @@ def flash(seq_lens=SEQ_LENS, B: int = 4, H: int = 32, d: int = 64) -> list[dict]
     return out
 
 
+def flash_backward(seq_lens=SEQ_LENS, B: int = 4, H: int = 32, d: int = 64,
+                   dtype: torch.dtype = torch.float16) -> list[dict]:
+    """TFLOP/s of the backward alone (dQ, dK, dV from a saved forward): Triton vs SDPA."""
+    from course_lib.triton_kernels.flash import flash_attention
+
+    out = []
+    for causal in (False, True):
+        for n in seq_lens:
+            q, k, v = (torch.randn(B, H, n, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+            do = torch.randn_like(q)
+            o_tri = flash_attention(q, k, v, causal)
+            o_ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            g_tri = torch.autograd.grad(o_tri, (q, k, v), do, retain_graph=True)
+            g_ref = torch.autograd.grad(o_ref, (q, k, v), do, retain_graph=True)
+            for a, b in zip(g_tri, g_ref):
+                torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+            flops = 2.5 * 4 * B * H * n * n * d * (0.5 if causal else 1.0)
+            t_triton = _ms(lambda: torch.autograd.grad(o_tri, (q, k, v), do, retain_graph=True))
+            t_sdpa = _ms(lambda: torch.autograd.grad(o_ref, (q, k, v), do, retain_graph=True))
+            out.append({"causal": causal, "N": n, "triton_ms": t_triton, "sdpa_ms": t_sdpa,
+                        "triton_tflops": flops / (t_triton * 1e-3) / 1e12,
+                        "sdpa_tflops": flops / (t_sdpa * 1e-3) / 1e12, "ratio": t_sdpa / t_triton})
+    return out
+
+
+def matmul_bench(sizes=MATMUL_SIZES, dtype: torch.dtype = torch.float16) -> list[dict]:
+    """TFLOP/s (``2·n³``) of the Triton tiled matmul and of ``torch.matmul`` on square matrices."""
+    from course_lib.triton_kernels.matmul import matmul
+
+    out = []
+    for n in sizes:
+        a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+        torch.testing.assert_close(matmul(a, b), a @ b, atol=1e-1, rtol=1e-2)
+        flops = 2 * n ** 3
+        t_triton, t_torch = _ms(lambda: matmul(a, b)), _ms(lambda: a @ b)
+        out.append({"n": n, "triton_tflops": flops / (t_triton * 1e-3) / 1e12,
+                    "torch_tflops": flops / (t_torch * 1e-3) / 1e12, "ratio": t_torch / t_triton})
+    return out
+
+
+def collect() -> dict:
+    """Every benchmark above, with the GPU name, date and versions (needs a CUDA GPU)."""
+    import triton
+
+    res = {"gpu": gpu_name(), "date": _dt.date.today().isoformat(), "command": COMMAND,
+           "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+           "copy_gbps": copy_bandwidth(), "flash_shape": FLASH_SHAPE}
+    res["rows"] = row_kernels()
+    res["flash"] = flash(**FLASH_SHAPE)
+    res["flash_bwd"] = flash_backward(**FLASH_SHAPE)
+    res["matmul"] = matmul_bench()
+    return res
+
+
 def to_markdown(res: dict) -> str:
     lines = [f"**{res['gpu']}** — {res['date']} — `{res['command']}` "
              f"(torch {res['torch']}, triton {res['triton']})", "",
              f"Measured copy bandwidth (`x.clone()`, 1 GiB): **{res['copy_gbps']:.0f} GB/s**", "",
              f"Softmax and RMSNorm, fp16, {N_ROWS} rows, GB/s (one read + one write):", "",
-             "| n_cols | softmax Triton | softmax torch | RMSNorm Triton | RMSNorm torch | Triton softmax / copy |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| n_cols | softmax Triton | softmax torch | RMSNorm Triton | RMSNorm torch | Triton softmax / copy "
+             "| Triton RMSNorm / copy |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         lines.append(f"| {r['n_cols']} | {r['softmax_triton_gbps']:.0f} | {r['softmax_torch_gbps']:.0f} | "
                      f"{r['rmsnorm_triton_gbps']:.0f} | {r['rmsnorm_torch_gbps']:.0f} | "
-                     f"{r['softmax_triton_gbps'] / res['copy_gbps']:.2f} |")
+                     f"{r['softmax_triton_gbps'] / res['copy_gbps']:.2f} | "
+                     f"{r['rmsnorm_triton_gbps'] / res['copy_gbps']:.2f} |")
     s = res["flash_shape"]
-    lines += ["", f"FlashAttention-2 forward, fp16, B={s['B']}, H={s['H']}, d={s['d']}, TFLOP/s:", "",
-              "| causal | N | Triton | SDPA | Triton / SDPA |", "|---|---:|---:|---:|---:|"]
-    for r in res["flash"]:
-        lines.append(f"| {r['causal']} | {r['N']} | {r['triton_tflops']:.1f} | {r['sdpa_tflops']:.1f} | "
-                     f"{r['ratio']:.2f} |")
+    tables = [("flash", f"FlashAttention-2 forward, fp16, B={s['B']}, H={s['H']}, d={s['d']}, TFLOP/s:"),
+              ("flash_bwd", "FlashAttention-2 backward (dQ, dK, dV), same shapes, TFLOP/s (2.5 × forward FLOPs):")]
+    for key, title in tables:
+        if not res.get(key):
+            continue
+        lines += ["", title, "", "| causal | N | Triton | SDPA | Triton / SDPA |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['causal']} | {r['N']} | {r['triton_tflops']:.1f} | {r['sdpa_tflops']:.1f} | {r['ratio']:.2f} |"
+                  for r in res[key]]
+    if res.get("matmul"):
+        lines += ["", "Tiled matmul, fp16, n × n × n, TFLOP/s (2n³):", "",
+                  "| n | Triton | torch.matmul | Triton / torch |", "|---:|---:|---:|---:|"]
+        for r in res["matmul"]:
+            lines.append(f"| {r['n']} | {r['triton_tflops']:.1f} | {r['torch_tflops']:.1f} | {r['ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,13 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print("No CUDA GPU on this machine: the benchmarks need one (the Triton interpreter's timings "
               "say nothing about a GPU). Nothing measured, nothing written.")
         return 0
-    import triton
-
-    res = {"gpu": gpu_name(), "date": _dt.date.today().isoformat(), "command": COMMAND,
-           "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "copy_gbps": copy_bandwidth(), "flash_shape": FLASH_SHAPE}
-    res["rows"] = row_kernels()
-    res["flash"] = flash(**FLASH_SHAPE)
+    res = collect()
     md = to_markdown(res)
     print(md)
     if not args.no_save:
