@@ -47,14 +47,13 @@ def glue(name: str, value, display: bool = False):
 
     The prose then writes ``{glue:text}`name:.2f``` instead of retyping the number, so the text and
     the output cannot disagree. Where myst-nb is missing (Colab) nothing is recorded and nothing is
-    shown. Returns ``value``, so a cell can glue and use a number in one line.
+    shown. Returns None, so that a cell ending in a glue call shows no stray value.
     """
     try:
         from myst_nb import glue as _glue
     except ImportError:
-        return value
+        return None
     _glue(name, value, display=display)
-    return value
 
 
 def best_time(fn, *args, repeats: int = 3, **kwargs) -> float:
