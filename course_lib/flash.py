@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 
 from course_lib.attention import _check_qkv, attention_scores, softmax
-from course_lib.utils import check_floating, check_tensor
+from course_lib.utils import check_floating, check_int, check_tensor
 
 __all__ = [
     "sram_block_sizes",
@@ -80,12 +80,6 @@ DEFAULT_BLOCK = 64
 
 
 # ----------------------------------------------------------------------------- block sizes
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer; got {value!r}")
-    return value
-
-
 def sram_block_sizes(M: int, d: int) -> tuple[int, int]:
     """Algorithm 1, line 1: ``Bc = ⌈M / 4d⌉`` and ``Br = min(⌈M / 4d⌉, d)``.
 
@@ -96,8 +90,8 @@ def sram_block_sizes(M: int, d: int) -> tuple[int, int]:
     Returns:
         ``(Br, Bc)``.
     """
-    _positive_int("M", M)
-    _positive_int("d", d)
+    check_int("M", M)
+    check_int("d", d)
     bc = -(-M // (4 * d))
     return min(bc, d), bc
 
@@ -107,8 +101,8 @@ def _block_sizes(d: int, M, Br, Bc) -> tuple[int, int]:
         if Br is not None or Bc is not None:
             raise ValueError(f"M: give either the SRAM size M or the block sizes Br, Bc, not both; got M={M!r}, Br={Br!r}, Bc={Bc!r}")
         return sram_block_sizes(M, d)
-    br = DEFAULT_BLOCK if Br is None else _positive_int("Br", Br)
-    bc = DEFAULT_BLOCK if Bc is None else _positive_int("Bc", Bc)
+    br = DEFAULT_BLOCK if Br is None else check_int("Br", Br)
+    bc = DEFAULT_BLOCK if Bc is None else check_int("Bc", Bc)
     return br, bc
 
 
@@ -174,7 +168,7 @@ def online_softmax(x: torch.Tensor, block_size: int, return_stats: bool = False)
     """
     check_tensor("x", x, min_dim=1)
     check_floating("x", x)
-    _positive_int("block_size", block_size)
+    check_int("block_size", block_size)
     n = x.shape[-1]
     m = torch.full(x.shape[:-1], float("-inf"), dtype=x.dtype, device=x.device)
     l = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
@@ -544,7 +538,7 @@ def standard_attention_io(N: int, d: int, *, backward: bool = False, batch_heads
     ``O`` (Nd) — in all ``4Nd + 4N²``, Θ(Nd + N²). FLOPs ``4N²d``.
     Backward: reads ``5N² + 5Nd``, writes ``2N² + 3Nd``; FLOPs ``8N²d``.
     """
-    _positive_int("N", N), _positive_int("d", d), _positive_int("batch_heads", batch_heads)
+    check_int("N", N), check_int("d", d), check_int("batch_heads", batch_heads)
     reads, writes, flops = 3 * N * d + 2 * N * N, 2 * N * N + N * d, 4 * N * N * d
     if backward:
         reads += 5 * N * N + 5 * N * d
@@ -569,7 +563,7 @@ def flash_attention_io(N: int, d: int, M: int | None = None, *, Br: int | None =
     ``backward`` adds :func:`flash_attention_backward`: reads ``4Nd + T_c(3Nd + 2N)``, writes
     ``N + Nd(T_c + 3)``. FLOPs: ``4N²d`` forward, ``10N²d`` backward (S is recomputed).
     """
-    _positive_int("N", N), _positive_int("d", d), _positive_int("batch_heads", batch_heads)
+    check_int("N", N), check_int("d", d), check_int("batch_heads", batch_heads)
     if version not in (1, 2):
         raise ValueError(f"version: expected 1 (Algorithm 1) or 2 (FlashAttention-2 order); got {version!r}")
     br, bc = _block_sizes(d, M, Br, Bc)

@@ -35,7 +35,7 @@ import torch
 
 from course_lib.attention import _check_qkv, softmax
 from course_lib.masks import causal_mask
-from course_lib.utils import check_tensor
+from course_lib.utils import check_int, check_tensor
 
 __all__ = [
     "score_matrix_bytes",
@@ -61,14 +61,6 @@ MODES = ("interleaved", "merged", "heads")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: expected an integer ≥ {minimum}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer ≥ {minimum}; got {value}")
-    return value
-
-
 def _check_mask2d(name: str, mask) -> torch.Tensor:
     check_tensor(name, mask, ndim=2)
     if mask.dtype != torch.bool:
@@ -83,8 +75,8 @@ def _offsets(T: int, S: int | None, device) -> tuple[torch.Tensor, int]:
     query row ``i`` sits at absolute position ``p_i = i + S − T``.
     """
     S = T if S is None else S
-    _check_int("T", T, 0)
-    _check_int("S", S, 0)
+    check_int("T", T, 0)
+    check_int("S", S, 0)
     if S < T:
         raise ValueError(f"S: expected at least T = {T} keys (queries are the last T positions); got S = {S}")
     i = torch.arange(T, device=device).unsqueeze(1) + (S - T)
@@ -102,11 +94,11 @@ def score_matrix_bytes(n: int, dtype: torch.dtype | int = torch.float16, *, head
         dtype: a torch dtype (its element size is used) or a number of bytes per element.
         heads, layers, batch: how many such matrices exist at once.
     """
-    _check_int("n", n, 0)
+    check_int("n", n, 0)
     size = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else dtype
-    _check_int("dtype", size, 1)
+    check_int("dtype", size, 1)
     for name, v in (("heads", heads), ("layers", layers), ("batch", batch)):
-        _check_int(name, v, 1)
+        check_int(name, v, 1)
     return batch * layers * heads * n * n * size
 
 
@@ -133,7 +125,7 @@ def sliding_window_mask(T: int, window: int, S: int | None = None, *, device=Non
     Returns:
         ``[T, S]`` bool.
     """
-    _check_int("window", window, 1)
+    check_int("window", window, 1)
     dist, _ = _offsets(T, S, device)
     return (dist >= 0) & (dist < window)
 
@@ -148,8 +140,8 @@ def dilated_window_mask(T: int, window: int, dilation: int, S: int | None = None
     Returns:
         ``[T, S]`` bool.
     """
-    _check_int("window", window, 1)
-    _check_int("dilation", dilation, 1)
+    check_int("window", window, 1)
+    check_int("dilation", dilation, 1)
     dist, _ = _offsets(T, S, device)
     return (dist >= 0) & (dist % dilation == 0) & (dist < window * dilation - (dilation - 1))
 
@@ -166,7 +158,7 @@ def global_tokens_mask(n: int, global_idx: Sequence[int] | torch.Tensor, *, caus
     Returns:
         ``[n, n]`` bool.
     """
-    _check_int("n", n, 0)
+    check_int("n", n, 0)
     idx = torch.as_tensor(global_idx, dtype=torch.long, device=device).reshape(-1)
     if idx.numel() and (idx.min() < 0 or idx.max() >= n):
         raise ValueError(f"global_idx: expected positions in [0, {n}); got {idx.tolist()}")
@@ -189,7 +181,7 @@ def strided_pattern(n: int, l: int, *, device=None) -> tuple[torch.Tensor, torch
     Two hops, A¹ then A² (or A² then A¹), connect every ``j ≤ i``. With ``l ≈ √n`` each
     row keeps ``O(√n)`` keys.
     """
-    _check_int("l", l, 1)
+    check_int("l", l, 1)
     dist, _ = _offsets(n, None, device)
     a1 = (dist >= 0) & (dist <= l)
     a2 = (dist >= 0) & (dist % l == 0)
@@ -206,8 +198,8 @@ def fixed_pattern(n: int, l: int, c: int, *, device=None) -> tuple[torch.Tensor,
     A¹ first, then A², connects every ``j ≤ i`` in two hops (the summary cell of j's block has
     gathered j); the opposite order does not. ``n`` need not be a multiple of ``l``.
     """
-    _check_int("l", l, 1)
-    _check_int("c", c, 1)
+    check_int("l", l, 1)
+    check_int("c", c, 1)
     if c > l:
         raise ValueError(f"c: expected 1 ≤ c ≤ l = {l} summary positions per block; got {c}")
     pos = torch.arange(n, device=device)
@@ -238,7 +230,7 @@ def head_masks(patterns: Sequence[torch.Tensor], n_heads: int) -> torch.Tensor:
     Passed to attention with ``q`` of shape ``[batch, n_heads, T, d]`` it broadcasts over
     the batch, so the p patterns run side by side in separate heads of one layer.
     """
-    _check_int("n_heads", n_heads, 1)
+    check_int("n_heads", n_heads, 1)
     if not patterns:
         raise ValueError("patterns: expected at least one mask")
     for m in patterns:
@@ -256,7 +248,7 @@ def layer_schedule(patterns: Sequence[torch.Tensor], n_layers: int, mode: str) -
     Returns:
         ``n_layers`` lists of ``[n, n]`` masks, one per attention head of the layer.
     """
-    _check_int("n_layers", n_layers, 1)
+    check_int("n_layers", n_layers, 1)
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}; got {mode!r}")
     if not patterns:
@@ -329,7 +321,7 @@ def hop_distance(mask: torch.Tensor, max_hops: int | None = None) -> torch.Tenso
     n = mask.shape[0]
     if mask.shape[1] != n:
         raise ValueError(f"mask: expected a square [n, n] mask; got {tuple(mask.shape)}")
-    max_hops = n if max_hops is None else _check_int("max_hops", max_hops, 0)
+    max_hops = n if max_hops is None else check_int("max_hops", max_hops, 0)
     eye = torch.eye(n, dtype=torch.bool, device=mask.device)
     step = mask | eye
     dist = torch.full((n, n), -1, dtype=torch.long, device=mask.device)
@@ -352,8 +344,8 @@ def receptive_field(window: int, layers: int) -> int:
     ``i − W … i``, i.e. ``window = W + 1``) that is ``layers · W`` previous tokens — the
     ``W · k`` of the paper: 32 · 4096 = 131 072.
     """
-    _check_int("window", window, 1)
-    _check_int("layers", layers, 0)
+    check_int("window", window, 1)
+    check_int("layers", layers, 0)
     return layers * (window - 1) + 1
 
 
@@ -363,8 +355,8 @@ def layers_needed(distance: int, window: int) -> int:
     ``⌈distance / (window − 1)⌉`` (0 for distance 0); raises for ``window = 1``
     (the diagonal never reaches another position).
     """
-    _check_int("distance", distance, 0)
-    _check_int("window", window, 1)
+    check_int("distance", distance, 0)
+    check_int("window", window, 1)
     if distance == 0:
         return 0
     if window == 1:
@@ -390,7 +382,7 @@ def block_layout(mask: torch.Tensor, block_size: int) -> torch.Tensor:
     The last block row / column is partial when ``b`` does not divide T or S.
     """
     _check_mask2d("mask", mask)
-    _check_int("block_size", block_size, 1)
+    check_int("block_size", block_size, 1)
     padded = _pad_mask(mask, block_size)
     nq, nk = padded.shape[0] // block_size, padded.shape[1] // block_size
     return padded.view(nq, block_size, nk, block_size).any(dim=3).any(dim=1)
@@ -425,7 +417,7 @@ def block_sparse_attention(
     """
     _check_qkv(q, k, v)
     _check_mask2d("mask", mask)
-    _check_int("block_size", block_size, 1)
+    check_int("block_size", block_size, 1)
     T, S = q.shape[-2], k.shape[-2]
     if tuple(mask.shape) != (T, S):
         raise ValueError(f"mask: expected shape (T, S) = ({T}, {S}); got {tuple(mask.shape)}")

@@ -63,7 +63,7 @@ def test_sram_block_sizes_formula():
     assert sram_block_sizes(1000, 64) == (4, 4)       # ⌈1000/256⌉ = 4
     assert sram_block_sizes(1025, 8) == (8, 33)       # ⌈1025/32⌉ = 33
     assert sram_block_sizes(16, 64) == (1, 1)
-    with pytest.raises(ValueError, match="M: expected a positive integer"):
+    with pytest.raises(ValueError, match="M: expected an integer ≥ 1"):
         sram_block_sizes(0, 64)
 
 
@@ -282,13 +282,13 @@ def test_peak_memory_measures_real_allocations():
     (lambda q, k, v: flash_attention_v1(q, k, v[..., :5, :]), "v: expected the sequence dimension"),
     (lambda q, k, v: flash_attention_forward(q.int(), k, v), "q: expected a floating dtype"),
     (lambda q, k, v: flash_attention_forward(q, k.float(), v), "expected one dtype"),
-    (lambda q, k, v: flash_attention_forward(q, k, v, Br=0), "Br: expected a positive integer; got 0"),
-    (lambda q, k, v: flash_attention_v1(q, k, v, Bc=2.5), "Bc: expected a positive integer"),
+    (lambda q, k, v: flash_attention_forward(q, k, v, Br=0), "Br: expected an integer ≥ 1; got 0"),
+    (lambda q, k, v: flash_attention_v1(q, k, v, Bc=2.5), "Bc: expected an integer ≥ 1"),
     (lambda q, k, v: flash_attention_forward(q, k, v, scale=float("nan")), "scale: expected a finite number"),
     (lambda q, k, v: flash_attention_v1(q, k, v, hbm={}), "hbm: expected an HBMCounter"),
     (lambda q, k, v: flash_attention_backward(q, k, v, q, q[..., 0], q[..., :3]), "do: expected shape"),
     (lambda q, k, v: flash_attention_backward(q, k, v, q, q, q), "L: expected shape"),
-    (lambda q, k, v: online_softmax(q, 0), "block_size: expected a positive integer"),
+    (lambda q, k, v: online_softmax(q, 0), "block_size: expected an integer ≥ 1"),
     (lambda q, k, v: online_softmax_merge(q, (q, q)), "a: expected a pair"),
     (lambda q, k, v: flash_attention_io(8, 4, version=3), "version: expected 1"),
     (lambda q, k, v: standard_attention(q, k, "v"), "v: expected a torch.Tensor"),
