@@ -1058,7 +1058,7 @@ def sparse_patterns(n: int = 16, window: int = 4, dilation: int = 2, global_idx:
         (f"strided $\\ell = {stride}$: $A^1, A^2$", two(a1, a2)),
         (f"fixed $\\ell = {stride}$, $c = {c}$: $A^1, A^2$", two(f1, f2)),
     ]
-    W, H = 8.0, 5.6
+    W, H = 8.0, 5.9
     fig, ax = _canvas(W, H)
     cell = 2.05 / n
     cols = [PALETTE["blocked"], PALETTE["allowed"], PALETTE["allowed2"]]
@@ -1079,16 +1079,16 @@ def sparse_patterns(n: int = 16, window: int = 4, dilation: int = 2, global_idx:
             h_ = min(block_size, n - bi * block_size) * cell
             on = bool(layout[bi, bj])
             ax.add_patch(Rectangle((x0 + bj * block_size * cell, top - bi * block_size * cell - h_), w_, h_,
-                                   facecolor=_tint(PALETTE["new"], 0.6) if on else "none",
-                                   alpha=0.45 if on else 1, ec=PALETTE["new"], lw=1.2, zorder=3))
+                                   facecolor="none", ec=PALETTE["new"] if on else "none", lw=2.0, zorder=3))
     ax.text(x0 + n * cell / 2, top + 0.17, f"block layout, $b = {block_size}$ (strided)", ha="center", va="center",
             fontsize=_FONT - 1, weight="bold")
     ax.text(x0 + n * cell / 2, top - n * cell - 0.14, f"{int(layout.sum())} of {layout.numel()} blocks computed",
             ha="center", va="center", fontsize=_FONT - 2)
     legend = [(PALETTE["allowed"], "window / $A^1$"), (PALETTE["allowed2"], "global / $A^2$"),
-              (PALETTE["blocked"], "not attended"), (_tint(PALETTE["new"], 0.6), "computed block")]
+              (PALETTE["blocked"], "not attended"), ("none", "computed block")]
     for i, (col, lab) in enumerate(legend):
-        ax.add_patch(Rectangle((0.35 + i * 1.95, 0.1), 0.15, 0.15, color=col))
+        ax.add_patch(Rectangle((0.35 + i * 1.95, 0.1), 0.15, 0.15, facecolor=col,
+                               ec=PALETTE["new"] if col == "none" else col, lw=2.0 if col == "none" else 0))
         ax.text(0.55 + i * 1.95, 0.175, lab, va="center", fontsize=_FONT - 1)
     return fig
 
@@ -1152,11 +1152,11 @@ def triton_grid(n_elements: int = 10, block_size: int = 4) -> Figure:
         raise ValueError(f"block_size: expected a power of two (tl.arange needs one); got {B}")
     programs = -(-n // B)
     lanes = programs * B
-    W, H = 8.0, 2.9
+    W, H = 8.0, 2.55
     fig, ax = _canvas(W, H)
     cell = min(0.42, 6.6 / lanes)
     x0 = (W - lanes * cell) / 2 + 0.3
-    y = 1.7
+    y = 1.35
     for p in range(programs):
         xs = x0 + p * B * cell
         ax.add_patch(Rectangle((xs, y + 0.42), B * cell, 0.3, facecolor=_tint(PALETTE["q"], 0.5 if p % 2 else 0.3),
@@ -1182,7 +1182,7 @@ def triton_grid(n_elements: int = 10, block_size: int = 4) -> Figure:
     code = (f"grid = (triton.cdiv(n, BLOCK),) = ({programs},)     BLOCK = {B}\n"
             "pid = tl.program_id(0);  offsets = pid * BLOCK + tl.arange(0, BLOCK)\n"
             "mask = offsets < n;  x = tl.load(x_ptr + offsets, mask=mask)")
-    ax.text(W / 2, 0.55, code, ha="center", va="center", fontsize=_FONT - 1, family="monospace")
+    ax.text(W / 2, 0.4, code, ha="center", va="center", fontsize=_FONT - 1, family="monospace")
     _title(ax, W / 2, H - 0.17, f"Triton launch grid: {programs} programs × BLOCK = {B} lanes")
     return fig
 
@@ -1203,28 +1203,30 @@ _MODELS = {
 
 
 def architectures(models: Sequence[str] = ("GPT-2", "LLaMA-3", "Mistral / Mixtral", "Gemma-2")) -> Figure:
-    """The decoder blocks of GPT-2, LLaMA-3, Mistral/Mixtral and Gemma-2 side by side; every part
-    that differs from the first model's is drawn with a red edge (the recipes of
-    ``course_lib.architectures``).
+    """The decoder blocks of GPT-2, LLaMA-3, Mistral/Mixtral and Gemma-2 side by side (the recipes of
+    ``course_lib.architectures``); every part that differs from the column to its left is drawn with
+    a red edge, so each column shows what that model changed.
     """
     models = list(models)
     if not models or len(models) > 4:
         raise ValueError(f"models: expected 1 to 4 of {list(_MODELS)}; got {models!r}")
     for m in models:
         _choice("models", m, list(_MODELS))
-    ref = _MODELS[models[0]]
-    W, H = 8.0, 5.6
+    W, H = 8.0, 6.0
     fig, ax = _canvas(W, H)
     pw = W / len(models)
-    w = min(1.75, pw - 0.25)
+    w = min(1.6, pw - 0.4)
     red = dict(edge="new", lw=2.2)
+    tops = []
     for p, name in enumerate(models):
         spec = _MODELS[name]
+        ref = _MODELS[models[p - 1]] if p else spec
         diff = {k for k in spec if spec[k] != ref[k]}
-        x = pw * (p + 0.5) - 0.08
-        _box(ax, x, 0.45, w, 0.42, spec["embed"], "embed", fontsize=_FONT - 2, **(red if "embed" in diff else {}))
+        x = pw * (p + 0.5) - 0.12
+        y0 = 0.55
+        _box(ax, x, y0, w, 0.42, spec["embed"], "embed", fontsize=_FONT - 2, **(red if "embed" in diff else {}))
         norms = (("norm",) if "norm" in diff else ()) + (("norm2",) if "placement" in diff else ())
-        y = _sublayer(ax, x, 0.66, w, spec["attn"], "attn", spec["placement"], spec["norm"],
+        y = _sublayer(ax, x, y0 + 0.21, w, spec["attn"], "attn", spec["placement"], spec["norm"],
                       highlight=(("sublayer",) if "attn" in diff else ()) + norms, fontsize=_FONT - 2,
                       box_h=0.44, gap=0.13)
         y = _sublayer(ax, x, y, w, spec["ffn"], "ffn", spec["placement"], spec["norm"],
@@ -1234,7 +1236,11 @@ def architectures(models: Sequence[str] = ("GPT-2", "LLaMA-3", "Mistral / Mixtra
              **(red if "norm" in diff else {}))
         ax.text(x, y + 0.55, spec["extra"], ha="center", va="center", fontsize=_FONT - 2,
                 color=PALETTE["new"] if "extra" in diff else PALETTE["text"])
+        tops.append((x, name))
+        H = max(H, y + 1.2)
+    _fit_height(fig, ax, H)
+    for x, name in tops:
         _title(ax, x, H - 0.2, name, fontsize=_FONT)
-    ax.text(W / 2, H - 0.45, f"red edge: differs from {models[0]}", ha="center", va="center", fontsize=_FONT - 1,
-            color=PALETTE["new"])
+    ax.text(W / 2, 0.12, "red edge: what the model changed against the column to its left", ha="center",
+            va="center", fontsize=_FONT - 1, color=PALETTE["new"])
     return fig
