@@ -839,7 +839,7 @@ def alibi(n_heads: int = 8, T: int = 6, heads: Sequence[int] | None = None) -> F
 
     nh = _int("n_heads", n_heads, 1, 64)
     _int("T", T, 2, 12)
-    heads = sorted({1, 2, nh}) if heads is None else list(heads)
+    heads = sorted({1, min(2, nh), nh}) if heads is None else list(heads)
     if not heads or len(heads) > 4 or any(isinstance(x, bool) or not isinstance(x, int) or not 1 <= x <= nh
                                           for x in heads):
         raise ValueError(f"heads: expected 1 to 4 head numbers in [1, {nh}]; got {heads!r}")
