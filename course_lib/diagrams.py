@@ -138,6 +138,7 @@ def _canvas(width: float, height: float):
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
+    ax.set_autoscale_on(False)          # images (grids) must not move the limits
     ax.axis("off")
     return fig, ax
 
@@ -185,15 +186,23 @@ def _title(ax, x, y, text, fontsize=_FONT + 1, ha="center"):
 
 def _grid(ax, x0, y0, cell, values, colors, *, row_labels=None, col_labels=None, texts=None,
           fontsize=_FONT - 2, edge="#FFFFFF"):
-    """Draw a 2-D grid of cells, row 0 at the top; ``values[i][j]`` indexes ``colors``."""
+    """Draw a 2-D grid of cells with its top-left corner at (x0, y0), row 0 at the top.
+
+    ``values[i][j]`` indexes ``colors``. The cells are one image (fast for large grids, and the
+    test reads the colours back from it) with thin ``edge`` lines between them.
+    """
     n_rows, n_cols = len(values), len(values[0]) if len(values) else 0
-    for i in range(n_rows):
-        for j in range(n_cols):
-            c = colors[values[i][j]]
-            ax.add_patch(Rectangle((x0 + j * cell, y0 - (i + 1) * cell), cell, cell, facecolor=c,
-                                   edgecolor=edge, lw=0.6, zorder=2))
-            if texts is not None and texts[i][j] != "":
-                r, g, b = mcolors.to_rgb(c)
+    rgb = [[mcolors.to_rgb(colors[v]) for v in row] for row in values]
+    x1, y1 = x0 + n_cols * cell, y0 - n_rows * cell
+    ax.imshow(rgb, extent=(x0, x1, y1, y0), interpolation="nearest", aspect="auto", zorder=2)
+    ax.vlines([x0 + j * cell for j in range(n_cols + 1)], y1, y0, colors=edge, lw=0.6, zorder=2.5)
+    ax.hlines([y0 - i * cell for i in range(n_rows + 1)], x0, x1, colors=edge, lw=0.6, zorder=2.5)
+    if texts is not None:
+        for i in range(n_rows):
+            for j in range(n_cols):
+                if texts[i][j] == "":
+                    continue
+                r, g, b = rgb[i][j]
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                 ax.text(x0 + (j + 0.5) * cell, y0 - (i + 0.5) * cell, texts[i][j], ha="center", va="center",
                         fontsize=fontsize, color="white" if dark else PALETTE["text"], zorder=3)
@@ -1152,11 +1161,11 @@ def triton_grid(n_elements: int = 10, block_size: int = 4) -> Figure:
         raise ValueError(f"block_size: expected a power of two (tl.arange needs one); got {B}")
     programs = -(-n // B)
     lanes = programs * B
-    W, H = 8.0, 2.55
+    W, H = 8.0, 2.45
     fig, ax = _canvas(W, H)
     cell = min(0.42, 6.6 / lanes)
     x0 = (W - lanes * cell) / 2 + 0.3
-    y = 1.35
+    y = 1.25
     for p in range(programs):
         xs = x0 + p * B * cell
         ax.add_patch(Rectangle((xs, y + 0.42), B * cell, 0.3, facecolor=_tint(PALETTE["q"], 0.5 if p % 2 else 0.3),
@@ -1165,12 +1174,12 @@ def triton_grid(n_elements: int = 10, block_size: int = 4) -> Figure:
                 fontsize=_FONT - 1)
     for i in range(lanes):
         masked = i >= n
-        ax.add_patch(Rectangle((x0 + i * cell, y), cell, 0.36, facecolor=PALETTE["blocked"] if masked else
-                               _tint(PALETTE["v"], 0.45), ec="white" if masked else PALETTE["edge"], lw=0.6,
-                               hatch="///" if masked else None))
+        ax.add_patch(Rectangle((x0 + i * cell, y), cell, 0.36, facecolor=_tint(PALETTE["blocked"], 0.6) if masked
+                               else _tint(PALETTE["v"], 0.45), ec=PALETTE["edge"], lw=0.6,
+                               hatch="//" if masked else None))
         if cell >= 0.22:
             ax.text(x0 + (i + 0.5) * cell, y + 0.18, str(i), ha="center", va="center", fontsize=_FONT - 2,
-                    color="white" if masked else PALETTE["text"])
+                    color=PALETTE["text"], bbox=dict(facecolor="white", edgecolor="none", pad=0.5) if masked else None)
     ax.text(x0 - 0.1, y + 0.18, "offsets", ha="right", va="center", fontsize=_FONT - 1)
     ax.text(x0 - 0.1, y + 0.57, "programs", ha="right", va="center", fontsize=_FONT - 1)
     ax.annotate("", xy=(x0 + n * cell, y - 0.1), xytext=(x0, y - 0.1),
@@ -1182,7 +1191,7 @@ def triton_grid(n_elements: int = 10, block_size: int = 4) -> Figure:
     code = (f"grid = (triton.cdiv(n, BLOCK),) = ({programs},)     BLOCK = {B}\n"
             "pid = tl.program_id(0);  offsets = pid * BLOCK + tl.arange(0, BLOCK)\n"
             "mask = offsets < n;  x = tl.load(x_ptr + offsets, mask=mask)")
-    ax.text(W / 2, 0.4, code, ha="center", va="center", fontsize=_FONT - 1, family="monospace")
+    ax.text(W / 2, 0.5, code, ha="center", va="center", fontsize=_FONT - 1, family="monospace")
     _title(ax, W / 2, H - 0.17, f"Triton launch grid: {programs} programs × BLOCK = {B} lanes")
     return fig
 
