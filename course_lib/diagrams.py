@@ -340,7 +340,7 @@ def sdpa(B="B", T="T", S="S", d_k="d_k", d_v="d_v", *, heads=None, mask: bool = 
     for y, name, col, rows, width in ((yq, "Q", "q", "T", "d_k"), (yk, "K", "k", "S", "d_k"),
                                       (yv, "V", "v", "S", "d_v")):
         _box(ax, 0.45, y, 0.5, 0.36, f"${name}$", col, fontsize=_FONT + 1)
-        ax.text(0.45, y - 0.3, _shape(*lead, dims[rows], dims[width]), ha="center", va="center", fontsize=_FONT - 2)
+        ax.text(0.45, y - 0.3, _shape(*lead, dims[rows], dims[width]), ha="center", va="center", fontsize=_FONT - 1)
     steps = [("$Q K^\\top$", "score"), ("$\\div \\sqrt{d_k}$", "score")]
     if mask:
         steps.append(("$+\\, M$", "blocked"))
@@ -355,18 +355,18 @@ def sdpa(B="B", T="T", S="S", d_k="d_k", d_v="d_v", *, heads=None, mask: bool = 
         _box(ax, xs[i], y, 0.8, 0.46, label, col, fontsize=_FONT)
         if not last:
             ax.text(xs[i], y - 0.36, _shape(*lead, dims["T"], dims["S"]), ha="center", va="center",
-                    fontsize=_FONT - 2)
+                    fontsize=_FONT - 1)
         if i:
             _arrow(ax, (xs[i - 1] + 0.4, ymid), (xs[i] - 0.4, y + 0.1 if last else y))
     _arrow(ax, (0.7, yv), (xs[-1] - 0.4, (ymid + yv) / 2 - 0.1))
     if mask:
         ax.text(xs[2], ymid + 0.42, "$M$: 0 allowed, $-\\infty$ blocked", ha="center", va="center",
-                fontsize=_FONT - 2)
+                fontsize=_FONT - 1)
     yo = (ymid + yv) / 2
     _arrow(ax, (xs[-1] + 0.4, yo), (xs[-1] + 0.75, yo))
     _box(ax, xs[-1] + 1.05, yo, 0.5, 0.36, "$O$", "out", fontsize=_FONT + 1)
     ax.text(xs[-1] + 1.05, yo - 0.3, _shape(*lead, dims["T"], dims["d_v"]), ha="center", va="center",
-            fontsize=_FONT - 2)
+            fontsize=_FONT - 1)
     ax.text(xs[len(steps) // 2], yv - 0.35,
             "$O = \\mathrm{softmax}(Q K^\\top / \\sqrt{d_k} + M)\\, V$: row $i$ of $O$ averages the rows of $V$",
             ha="center", va="center", fontsize=_FONT - 1)
@@ -391,41 +391,41 @@ def multi_head(n_heads: int = 4, d_model="d_model", T="T", B="B") -> Figure:
     fig, ax = _canvas(W, H)
     ymid = 1.75
     _box(ax, 0.45, ymid, 0.55, 0.4, "$X$", "embed", fontsize=_FONT + 1)
-    ax.text(0.45, ymid - 0.35, _shape(Bs, Ts, dmS), ha="center", fontsize=_FONT - 2, va="center")
+    ax.text(0.45, ymid - 0.35, _shape(Bs, Ts, dmS), ha="center", fontsize=_FONT - 1, va="center")
     proj = [("$W^Q$", "q", ymid + 0.75), ("$W^K$", "k", ymid), ("$W^V$", "v", ymid - 0.75)]
     for label, col, y in proj:
         _arrow(ax, (0.75, ymid), (1.3, y))
         _box(ax, 1.6, y, 0.6, 0.38, label, col, fontsize=_FONT)
-    ax.text(1.6, ymid - 1.22, f"each ${dmS} \\times {dmS}$", ha="center", fontsize=_FONT - 2)
+    ax.text(1.6, ymid - 1.22, f"each ${dmS} \\times {dmS}$", ha="center", fontsize=_FONT - 1)
     xs = 2.75
     _box(ax, xs, ymid, 0.75, 1.9, "split\ninto\n$h$ heads", "embed", fontsize=_FONT - 1)
     for _, _, y in proj:
         _arrow(ax, (1.9, y), (xs - 0.375, y))
-    ax.text(xs, ymid - 1.12, _shape(Bs, "h", Ts, _sym(dk)), ha="center", fontsize=_FONT - 2)
+    ax.text(xs, ymid - 1.12, _shape(Bs, "h", Ts, _sym(dk)), ha="center", fontsize=_FONT - 1)
     shown = list(range(h)) if h <= 6 else [0, 1, 2, None, h - 1]
     span = 2.7
     hh = min(0.42, span / len(shown) - 0.08)
     ys = [ymid + span / 2 - (i + 0.5) * span / len(shown) for i in range(len(shown))]
-    xh = 4.35
+    xh, hw = 4.35, 0.98
     for i, y in zip(shown, ys):
         if i is None:
             ax.text(xh, y, "$\\vdots$", ha="center", va="center", fontsize=_FONT + 1)
             continue
-        _box(ax, xh, y, 1.55, hh, f"head {i + 1}: Attention($Q_{{{i + 1}}}, K_{{{i + 1}}}, V_{{{i + 1}}}$)", "attn",
-             fontsize=_FONT - 2)
-        _arrow(ax, (xs + 0.375, ymid + (y - ymid) * 0.3), (xh - 0.775, y), lw=0.8)
+        _box(ax, xh, y, 2 * hw, hh, f"head {i + 1}: Attention($Q_{{{i + 1}}}, K_{{{i + 1}}}, V_{{{i + 1}}}$)", "attn",
+             fontsize=_FONT - 1)
+        _arrow(ax, (xs + 0.375, ymid + (y - ymid) * 0.3), (xh - hw, y), lw=0.8)
     width = f"$d_k = {_sym(dk)}$" if dk != "d_k" else "$d_k = d_{\\mathrm{model}} / h$"
     ax.text(xh, ys[0] + hh / 2 + 0.14, f"$h = {h}$ heads of width {width}", ha="center", fontsize=_FONT - 1)
     xc = 5.9
     _box(ax, xc, ymid, 0.7, 1.9, "concat", "out", fontsize=_FONT - 1)
     for y in ys:
-        _arrow(ax, (xh + 0.775, y), (xc - 0.35, ymid + (y - ymid) * 0.5), lw=0.8)
-    ax.text(xc, ymid - 1.12, _shape(Bs, Ts, "h\\,d_v"), ha="center", fontsize=_FONT - 2)
+        _arrow(ax, (xh + hw, y), (xc - 0.35, ymid + (y - ymid) * 0.5), lw=0.8)
+    ax.text(xc, ymid - 1.12, _shape(Bs, Ts, "h\\,d_v"), ha="center", fontsize=_FONT - 1)
     _arrow(ax, (xc + 0.35, ymid), (6.7, ymid))
     _box(ax, 7.0, ymid, 0.6, 0.4, "$W^O$", "out", fontsize=_FONT)
-    ax.text(7.0, ymid + 0.4, f"$h\\,d_v \\times {dmS}$", ha="center", fontsize=_FONT - 2)
+    ax.text(7.0, ymid + 0.4, f"$h\\,d_v \\times {dmS}$", ha="center", fontsize=_FONT - 1)
     _arrow(ax, (7.3, ymid), (7.6, ymid))
-    ax.text(7.62, ymid - 0.35, _shape(Bs, Ts, dmS), ha="right", fontsize=_FONT - 2)
+    ax.text(7.62, ymid - 0.35, _shape(Bs, Ts, dmS), ha="right", fontsize=_FONT - 1)
     _title(ax, W / 2, H - 0.13, "multi-head attention: split, attend per head, concatenate, $W^O$")
     return fig
 
@@ -710,7 +710,7 @@ def roofline(peak_flops: float = A100["peak_flops"], bandwidth: float = A100["hb
         col = PALETTE["score"] if x < ridge else PALETTE["v"]
         ax.plot([x], [y], "o", color=col, ms=7, zorder=3)
         ax.annotate(f"{name}: {x:.3g}", (x, y), xytext=(6, -14 - 10 * (i % 2)), textcoords="offset points",
-                    fontsize=_FONT - 2, color=PALETTE["text"])
+                    fontsize=_FONT - 1, color=PALETTE["text"])
     ax.set_xlabel("arithmetic intensity (FLOP per byte of HBM traffic)", fontsize=_FONT)
     ax.set_ylabel("attainable TFLOP/s", fontsize=_FONT)
     ax.set_ylim(lo * bandwidth / 1e12 * 0.5, peak_flops / 1e12 * 4)
