@@ -93,7 +93,7 @@ A100 = {
     "hbm_bandwidth": 1.5e12,   # bytes/s
 }
 
-_FONT = 9
+_FONT = 10
 
 
 # ----------------------------------------------------------------------------- checks
@@ -517,7 +517,7 @@ def masks(T: int = 6, length: int = 4, T_new: int = 2) -> Figure:
         rows = m.shape[0]
         ax.text(x0 + T * cell / 2, top - rows * cell - 0.18, rule, ha="center", va="center", fontsize=_FONT - 1)
         if rows < T:
-            ax.text(x0 + T * cell / 2, top - rows * cell - 0.42, f"the new queries are positions {T - rows}–{T - 1}",
+            ax.text(x0 + T * cell / 2, top - rows * cell - 0.42, f"new queries: positions {T - rows}–{T - 1}",
                     ha="center", va="center", fontsize=_FONT - 2)
     ax.add_patch(Rectangle((0.35, 0.12), 0.16, 0.16, color=PALETTE["allowed"]))
     ax.text(0.56, 0.2, "may attend (True)", va="center", fontsize=_FONT - 1)
