@@ -14,7 +14,7 @@ import pytest
 
 from course_lib import grade as grader
 from course_lib.grading.notebook import is_check, merge
-from course_lib.tools import make_exercises
+from tools import make_exercises
 from helpers import ROOT, notebooks
 
 pytestmark = pytest.mark.grading
