@@ -12,7 +12,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from course_lib import grade as grader
+from course_lib.grading import autograde as grader
 from course_lib.grading.notebook import is_check, merge
 from tools import make_exercises
 from helpers import ROOT, notebooks

@@ -97,12 +97,13 @@ def test_a_chapter_runs_and_renamed_exercises_grade_from_a_temporary_folder(inst
     venv = str(python.parent.parent.resolve())
     chapter.cells.append(nbformat.v4.new_code_cell(
         f"import course_lib\nassert course_lib.__file__.startswith({venv!r}), course_lib.__file__"))
-    nbformat.write(chapter, work / CHAPTER)
+    (work / "chapter").mkdir()
+    nbformat.write(chapter, work / "chapter" / CHAPTER)
     _run([str(python), "-c",
           "import sys, nbformat, nbclient\n"
           "nb = nbformat.read(sys.argv[1], as_version=4)\n"
           "nbclient.NotebookClient(nb, timeout=120, kernel_name='python3').execute()\n",
-          CHAPTER], work, env)
+          CHAPTER], work / "chapter", env)
 
     # Colab's "Save a copy" and a student's own name; one filled in, one not.
     solution = nbformat.read(ROOT / "solutions" / CHAPTER, as_version=4)
@@ -111,9 +112,11 @@ def test_a_chapter_runs_and_renamed_exercises_grade_from_a_temporary_folder(inst
     for cell in filled.cells:
         if cell.id in answers:
             cell.source = answers[cell.id]
-    nbformat.write(filled, work / "Copy of 01_attention.ipynb")
-    shutil.copy(ROOT / "exercises" / CHAPTER, work / "01_attention_ana.ipynb")
-    proc = subprocess.run([str(python.parent / "course-grade"), ".", "--json", "scores.json", "--jobs", "2"],
+    sheets = work / "sheets"
+    sheets.mkdir()
+    nbformat.write(filled, sheets / "Copy of 01_attention.ipynb")
+    shutil.copy(ROOT / "exercises" / CHAPTER, sheets / "01_attention_ana.ipynb")
+    proc = subprocess.run([str(python.parent / "course-grade"), "sheets", "--json", "scores.json", "--jobs", "2"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one of the two is not full marks
     reports = {Path(r["notebook"]).name: r for r in json.loads((work / "scores.json").read_text())["notebooks"]}

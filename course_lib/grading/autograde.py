@@ -53,6 +53,8 @@ from course_lib.grading.notebook import (
 )
 
 DEFAULT_CELL_TIMEOUT = 60
+# A cell that runs the grader itself (the sheets' Colab recipe) is not student work to report.
+_GRADER_CALLS = ("course-grade", "course_lib.grade", "get_ipynb")
 PACKAGE_REFERENCES = Path(__file__).resolve().parent / "references"  # built by setup.py
 _CHECKOUT = Path(__file__).resolve().parents[2]
 
@@ -219,6 +221,8 @@ def ungraded_code(student: dict, reference, max_points: dict[str, float]) -> dic
     for pos, cell in enumerate(cells, 1):
         src = norm(cell.get("source"))
         if cell.get("cell_type") != "code" or is_answer(cell) or not src or src in known:
+            continue
+        if any(call in src for call in _GRADER_CALLS):
             continue
         task = None
         for later in cells[pos:]:
