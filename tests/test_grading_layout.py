@@ -16,7 +16,7 @@ import sys
 import nbformat
 import pytest
 
-from course_lib.grading.notebook import exercise_id, is_answer, is_check, validate_solution
+from course_lib.grading.notebook import GRADE_ID_RE, exercise_id, is_answer, is_check, validate_solution
 from helpers import ROOT, notebooks
 from tools import sheets
 
@@ -58,6 +58,7 @@ def test_sheet_has_nbgrader_metadata_and_its_exercise_id(path):
             assert nbg["solution"] and not nbg["grade"] and nbg["grade_id"]
         if "nbgrader" in meta:
             assert meta["nbgrader"]["schema_version"] == 3
+            assert GRADE_ID_RE.match(meta["nbgrader"]["grade_id"]), meta["nbgrader"]  # nbgrader's pattern
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=[p.name for p in SOLUTIONS])

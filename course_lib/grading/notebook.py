@@ -41,6 +41,7 @@ SCHEMA_VERSION = 3  # nbgrader's cell-metadata schema
 EXERCISE_KEY = "course_lib"  # notebook metadata: {"course_lib": {"exercise": "01_attention"}}
 STUB_LINES = ("# YOUR CODE HERE", 'raise NotImplementedError("fill in this answer")')
 
+GRADE_ID_RE = re.compile(r"^[a-zA-Z0-9_\-]*$")  # nbgrader's schema for grade_id
 _BEGIN_RE = re.compile(r"^([ \t]*)### BEGIN SOLUTION[ \t]*$")
 _END_RE = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
 
@@ -75,6 +76,11 @@ def _text(source) -> str:
     return "".join(source) if isinstance(source, list) else str(source)
 
 
+def grade_id(name: str) -> str:
+    """``name`` as nbgrader allows a grade_id (letters, digits, ``_`` and ``-``): "basic masks" → "basic_masks"."""
+    return re.sub(r"[^a-zA-Z0-9_\-]", "_", str(name))
+
+
 def check_info(cell) -> tuple[str, float]:
     """(task, points) of a check cell: nbgrader's grade_id and points (or the old metadata.grade)."""
     nbg = _nbgrader(cell)
@@ -83,20 +89,20 @@ def check_info(cell) -> tuple[str, float]:
             raise NotebookFormatError(
                 f"check cell {cell.get('id')}: metadata.nbgrader needs 'grade_id' and 'points'; got {nbg!r}"
             )
-        return str(nbg["grade_id"]), float(nbg["points"])
+        return grade_id(nbg["grade_id"]), float(nbg["points"])
     grade = cell.get("metadata", {}).get("grade", {})
     if "task" not in grade or "points" not in grade:
         raise NotebookFormatError(
             f"check cell {cell.get('id')}: metadata.nbgrader needs 'grade_id' and 'points'; got {grade!r}"
         )
-    return str(grade["task"]), float(grade["points"])
+    return grade_id(grade["task"]), float(grade["points"])
 
 
 def answer_key(cell, index: int) -> str:
     """A stable key for an answer cell: its grade id, else its position."""
     meta = cell.get("metadata", {})
     gid = _nbgrader(cell).get("grade_id") or meta.get("grade", {}).get("id")
-    return str(gid or f"answer-{index}")
+    return grade_id(gid or f"answer-{index}")
 
 
 def exercise_id(nb) -> str | None:
@@ -195,9 +201,13 @@ def validate_solution(nb) -> None:
                 )
     if not n_answers or not tasks(nb):
         raise NotebookFormatError("a graded notebook needs answer cells and check cells")
-    checks = [check_info(c)[0] for c in nb.cells if is_check(c)]
-    if len(set(checks)) != len(checks):
-        raise NotebookFormatError(f"each task has one check cell (nbgrader's grade_id is unique); got {checks}")
+    ids = [str(_nbgrader(c).get("grade_id", check_info(c)[0])) for c in nb.cells if is_check(c)]
+    ids += [str(_nbgrader(c)["grade_id"]) for c in nb.cells if is_answer(c) and "grade_id" in _nbgrader(c)]
+    if len(set(ids)) != len(ids):
+        raise NotebookFormatError(f"grade ids must be unique (one check cell per task); got {ids}")
+    bad = [i for i in ids if not i or not GRADE_ID_RE.match(i)]
+    if bad:
+        raise NotebookFormatError(f"grade ids must match {GRADE_ID_RE.pattern} (nbgrader's schema); got {bad}")
 
 
 def make_exercise(solution, exercise: str | None = None) -> nbformat.NotebookNode:
