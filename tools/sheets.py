@@ -53,7 +53,7 @@ A renamed copy grades the same: the grader finds this sheet's reference from the
 * **In Colab**: *File → Save a copy in Drive*, work in the copy, then grade it in a new cell at
   the end (the grader ignores that cell):
 
-  ```python
+  ```ipython
   import json; from google.colab import _message
   json.dump(_message.blocking_request("get_ipynb")["ipynb"], open("mine.ipynb", "w"))
   !course-grade mine.ipynb
