@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from course_lib.tools.project import colab_url
+from tools.project import colab_url
 from helpers import ROOT, SOURCE_SUFFIXES, toc_files
 
 pytestmark = pytest.mark.browser

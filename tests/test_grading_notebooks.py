@@ -12,9 +12,9 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from course_lib import grade as grader
+from course_lib.grading import autograde as grader
 from course_lib.grading.notebook import is_check, merge
-from course_lib.tools import make_exercises
+from tools import make_exercises
 from helpers import ROOT, notebooks
 
 pytestmark = pytest.mark.grading

@@ -14,7 +14,7 @@ import json
 import nbformat
 import pytest
 
-from course_lib.tools import nbexec, setup_cell
+from tools import nbexec, setup_cell
 from helpers import notebooks, toc_files
 
 pytestmark = pytest.mark.notebooks

@@ -9,7 +9,9 @@ A check runs the student's code on seeded cases and edge cases, compares with a 
 * prints one stable line, ``✓ <task>: all N cases passed``, when it passes (the line is the
   check cell's stored reference output, compared by nbval).
 
-One module per chapter: ``course_lib.grading.ch01`` …
+One module per chapter: ``course_lib.grading.ch01`` … Beside them: ``notebook`` (answer and check
+cells, nbgrader's metadata, stubbing, merging), ``autograde`` (the ``course-grade`` command) and
+``nbval_report`` (its pytest plugin). Importing this package imports neither.
 """
 
 from __future__ import annotations

@@ -3,10 +3,20 @@
 A solution notebook (``solutions/NN_topic.ipynb``) is the single source:
 
 * an **answer cell** is a code cell whose source holds a solution between the lines
-  ``### BEGIN SOLUTION`` and ``### END SOLUTION``; it is tagged ``answer``;
-* a **check cell** is a code cell tagged ``check`` whose metadata carries
-  ``{"grade": {"task": "softmax", "points": 2}}``; it calls ``course_lib.grading`` and
-  prints one stable line when the task passes (stored in the solution as its output).
+  ``### BEGIN SOLUTION`` and ``### END SOLUTION``; it is tagged ``answer`` and its metadata is
+  nbgrader's, ``{"nbgrader": {"grade_id": "softmax-answer", "solution": true, "grade": false,
+  "locked": false, "schema_version": 3}}``;
+* a **check cell** is a code cell tagged ``check``, an nbgrader autograder-test cell:
+  ``{"nbgrader": {"grade_id": "softmax", "points": 2, "grade": true, "solution": false,
+  "locked": true, "schema_version": 3}}``; its ``grade_id`` is the task's name. It calls
+  ``course_lib.grading`` and prints one stable line when the task passes (stored in the
+  solution as its output);
+* the notebook's metadata names the exercise, ``{"course_lib": {"exercise": "01_attention"}}``,
+  so a renamed copy ("Copy of 01_attention.ipynb") still finds its reference.
+
+The schema before nbgrader's, ``metadata.grade = {"task", "points"}`` on check cells and
+``{"id"}`` on answer cells, is still read (a student's old copy, a branch not yet migrated);
+``to_nbgrader`` converts a notebook in place and is idempotent.
 
 ``make_exercise`` turns a solution into an exercise (answers stubbed, outputs stripped, ids
 kept); ``merge`` puts a student's answer cells into a pristine copy of the solution, which
@@ -17,16 +27,21 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import TYPE_CHECKING
 
-import nbformat
+if TYPE_CHECKING:  # the build hook in setup.py loads this module without nbformat
+    import nbformat
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 ANSWER_TAG = "answer"
 CHECK_TAG = "check"
 NBVAL_CHECK_TAG = "nbval-check-output"
+SCHEMA_VERSION = 3  # nbgrader's cell-metadata schema
+EXERCISE_KEY = "course_lib"  # notebook metadata: {"course_lib": {"exercise": "01_attention"}}
 STUB_LINES = ("# YOUR CODE HERE", 'raise NotImplementedError("fill in this answer")')
 
+GRADE_ID_RE = re.compile(r"^[a-zA-Z0-9_\-]*$")  # nbgrader's schema for grade_id
 _BEGIN_RE = re.compile(r"^([ \t]*)### BEGIN SOLUTION[ \t]*$")
 _END_RE = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
 
@@ -39,27 +54,91 @@ def tags(cell) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
+def _nbgrader(cell) -> dict:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return meta if isinstance(meta, dict) else {}
+
+
 def is_answer(cell) -> bool:
-    return cell.get("cell_type") == "code" and (BEGIN in cell.get("source", "") or ANSWER_TAG in tags(cell))
+    return cell.get("cell_type") == "code" and (
+        BEGIN in _text(cell.get("source", "")) or ANSWER_TAG in tags(cell) or _nbgrader(cell).get("solution") is True
+    )
 
 
 def is_check(cell) -> bool:
-    return cell.get("cell_type") == "code" and CHECK_TAG in tags(cell)
+    nbg = _nbgrader(cell)
+    return cell.get("cell_type") == "code" and (
+        CHECK_TAG in tags(cell) or (nbg.get("grade") is True and not nbg.get("solution"))
+    )
+
+
+def _text(source) -> str:
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def grade_id(name: str) -> str:
+    """``name`` as nbgrader allows a grade_id (letters, digits, ``_`` and ``-``): "basic masks" → "basic_masks"."""
+    return re.sub(r"[^a-zA-Z0-9_\-]", "_", str(name))
 
 
 def check_info(cell) -> tuple[str, float]:
-    """(task, points) of a check cell."""
+    """(task, points) of a check cell: nbgrader's grade_id and points (or the old metadata.grade)."""
+    nbg = _nbgrader(cell)
+    if nbg:
+        if "grade_id" not in nbg or "points" not in nbg:
+            raise NotebookFormatError(
+                f"check cell {cell.get('id')}: metadata.nbgrader needs 'grade_id' and 'points'; got {nbg!r}"
+            )
+        return grade_id(nbg["grade_id"]), float(nbg["points"])
     grade = cell.get("metadata", {}).get("grade", {})
     if "task" not in grade or "points" not in grade:
         raise NotebookFormatError(
-            f"check cell {cell.get('id')}: metadata.grade needs 'task' and 'points'; got {grade!r}"
+            f"check cell {cell.get('id')}: metadata.nbgrader needs 'grade_id' and 'points'; got {grade!r}"
         )
-    return str(grade["task"]), float(grade["points"])
+    return grade_id(grade["task"]), float(grade["points"])
 
 
 def answer_key(cell, index: int) -> str:
-    """A stable key for an answer cell: its metadata grade id, else its position."""
-    return str(cell.get("metadata", {}).get("grade", {}).get("id", f"answer-{index}"))
+    """A stable key for an answer cell: its grade id, else its position."""
+    meta = cell.get("metadata", {})
+    gid = _nbgrader(cell).get("grade_id") or meta.get("grade", {}).get("id")
+    return grade_id(gid or f"answer-{index}")
+
+
+def exercise_id(nb) -> str | None:
+    """The exercise a notebook belongs to, as ``make exercises`` wrote it into its metadata."""
+    meta = nb.get("metadata", {}).get(EXERCISE_KEY, {})
+    value = meta.get("exercise") if isinstance(meta, dict) else None
+    return str(value) if value else None
+
+
+def to_nbgrader(nb, exercise: str | None = None) -> bool:
+    """Convert ``nb`` (a solution) in place to nbgrader's cell metadata; return whether it changed.
+
+    Check cells get ``grade_id`` = their task and their points, answer cells ``solution: true``
+    and their grade id; the old ``metadata.grade`` is dropped. With ``exercise`` the notebook's
+    metadata gets the exercise id. Running it again changes nothing.
+    """
+    before = repr(nb)
+    n = 0
+    for cell in nb["cells"]:
+        if cell.get("cell_type") != "code":
+            continue
+        meta = cell.setdefault("metadata", {})
+        if is_check(cell):
+            task, points = check_info(cell)
+            meta["nbgrader"] = {"grade": True, "grade_id": task, "locked": True,
+                                "points": int(points) if points == int(points) else points,
+                                "schema_version": SCHEMA_VERSION, "solution": False}
+            meta.pop("grade", None)
+        elif is_answer(cell):
+            meta["nbgrader"] = {"grade": False, "grade_id": answer_key(cell, n), "locked": False,
+                                "schema_version": SCHEMA_VERSION, "solution": True}
+            meta.pop("grade", None)
+            n += 1
+    if exercise is not None:
+        nb.setdefault("metadata", {})[EXERCISE_KEY] = {"exercise": exercise}
+    return repr(nb) != before
 
 
 def tasks(nb) -> dict[str, float]:
@@ -122,10 +201,20 @@ def validate_solution(nb) -> None:
                 )
     if not n_answers or not tasks(nb):
         raise NotebookFormatError("a graded notebook needs answer cells and check cells")
+    ids = [str(_nbgrader(c).get("grade_id", check_info(c)[0])) for c in nb.cells if is_check(c)]
+    ids += [str(_nbgrader(c)["grade_id"]) for c in nb.cells if is_answer(c) and "grade_id" in _nbgrader(c)]
+    if len(set(ids)) != len(ids):
+        raise NotebookFormatError(f"grade ids must be unique (one check cell per task); got {ids}")
+    bad = [i for i in ids if not i or not GRADE_ID_RE.match(i)]
+    if bad:
+        raise NotebookFormatError(f"grade ids must match {GRADE_ID_RE.pattern} (nbgrader's schema); got {bad}")
 
 
-def make_exercise(solution) -> nbformat.NotebookNode:
-    """The exercise generated from a solution: answers stubbed, outputs stripped, ids kept."""
+def make_exercise(solution, exercise: str | None = None) -> nbformat.NotebookNode:
+    """The exercise generated from a solution: answers stubbed, outputs stripped, ids kept.
+
+    The exercise id (``exercise``, else the solution's own) goes into the notebook's metadata.
+    """
     validate_solution(solution)
     nb = copy.deepcopy(solution)
     for cell in nb.cells:
@@ -138,6 +227,21 @@ def make_exercise(solution) -> nbformat.NotebookNode:
                     cell.metadata.setdefault("tags", []).append(ANSWER_TAG)
         cell.metadata.pop("execution", None)
     nb.metadata.pop("widgets", None)
+    to_nbgrader(nb, exercise or exercise_id(solution))  # an exercise always has nbgrader's metadata, whatever its solution still has
+    return nb
+
+
+def make_reference(solution) -> dict:
+    """What the installed grader ships for an exercise: the solution with its answers stubbed.
+
+    Check cells, the code between them and every stored output stay: they are what the
+    grader compares with. Works on plain JSON (``setup.py`` builds these without nbformat).
+    """
+    nb = copy.deepcopy(solution)
+    for cell in nb["cells"]:
+        if is_answer(cell):
+            cell["source"] = stub_source(_text(cell["source"]))
+    nb.get("metadata", {}).pop("widgets", None)
     return nb
 
 
@@ -150,8 +254,7 @@ def _student_answers(student) -> tuple[dict[str, str], dict[str, str], list[str]
     for cell in student.get("cells", []):
         if cell.get("cell_type") != "code" or not is_answer(cell):
             continue
-        src = cell.get("source", "")
-        src = "".join(src) if isinstance(src, list) else str(src)
+        src = _text(cell.get("source", ""))
         if cell.get("id"):
             by_id[str(cell["id"])] = src
         by_key[answer_key(cell, n)] = src

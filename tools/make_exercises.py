@@ -1,7 +1,9 @@
-"""Generate exercises/ from solutions/: ``python -m course_lib.tools.make_exercises SRC DST``.
+"""Generate exercises/ from solutions/: ``python -m tools.make_exercises SRC DST``.
 
 Each solution region becomes a stub raising NotImplementedError, outputs are stripped and
-cell ids are kept (the grader matches answer cells by id). ``--check`` writes nothing and
+cell ids are kept (the grader matches answer cells by id); the exercise id (the file's stem)
+goes into the notebook's metadata, and the cells get nbgrader's metadata, so a renamed copy
+still finds its reference and nbgrader's formgrader can open the sheet. ``--check`` writes nothing and
 exits 1 when an exercise is missing, stale or has no solution (the test suite runs it).
 Never edit exercises/ by hand.
 """
@@ -18,7 +20,7 @@ from course_lib.grading.notebook import make_exercise
 
 
 def render(solution: Path) -> str:
-    nb = make_exercise(nbformat.read(solution, as_version=4))
+    nb = make_exercise(nbformat.read(solution, as_version=4), exercise=solution.stem)
     return nbformat.writes(nb) + "\n"
 
 

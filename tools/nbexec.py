@@ -1,6 +1,6 @@
 """Execute notebooks once, in parallel, into the book's execution cache.
 
-``python -m course_lib.tools.nbexec [--jobs N] [--force] [--times FILE] NOTEBOOK...``
+``python -m tools.nbexec [--jobs N] [--force] [--times FILE] NOTEBOOK...``
 
 Each notebook runs in its own directory with a fresh kernel, exactly as myst-nb runs it
 (``jupyter_cache``'s ``single_nb_execution``), and a successful run is stored in the
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.tools.project import ROOT, book_config
+from tools.project import ROOT, book_config
 
 DEFAULT_TIMEOUT = 120
 

@@ -1,7 +1,7 @@
 """The first cell of every notebook: install course_lib in Colab, do nothing elsewhere.
 
 The cell's text is rendered from _config.yml's repository URL, so the URL has one home.
-``python -m course_lib.tools.setup_cell --write notebooks solutions`` rewrites the cells;
+``python -m tools.setup_cell --write notebooks solutions`` rewrites the cells;
 ``--check`` (used by the tests) fails when a notebook's first cell is out of date.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.tools.project import repository_url
+from tools.project import repository_url
 
 SETUP_TAG = "setup"
 
