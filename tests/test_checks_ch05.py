@@ -179,6 +179,20 @@ def test_flash_forward_names_the_mistake(wrong, message):
         ch05.check_flash_forward(wrong)
 
 
+def test_flash_forward_must_be_tiled_not_only_right():
+    """Right values the wrong way: an untiled softmax(S) V with logsumexp, and a loop that masks every
+    tile above the diagonal instead of skipping it, both fail — with a message saying what was missed."""
+    def untiled(q, k, v, Br, Bc, causal=False):
+        s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if causal:
+            s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool).tril(), -math.inf)
+        return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+    with pytest.raises(AssertionError, match="materialised for all keys at once"):
+        ch05.check_flash_forward(untiled)
+    with pytest.raises(AssertionError, match="computed \\(and masked\\) instead of skipped"):
+        ch05.check_flash_forward(lambda q, k, v, Br, Bc, causal=False: forward_ok(q, k, v, Br, Bc, causal, skip=False))
+
+
 def test_flash_forward_without_the_max_overflows():
     def no_max(q, k, v, Br, Bc, causal=False):
         s = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])) * 40
@@ -228,13 +242,15 @@ def test_hbm_accesses_names_the_mistake(wrong, message):
 
 # ----------------------------------------------------------------------------- task 5
 def backward_ok(q, k, v, o, L, do, *, D_kind="dOO", jac=True, scale_grads=True, dv_T=True, from_L=True, dk_T=True,
-                dq_T=False):
+                dq_T=False, L_unsqueezed=True):
     scale = 1 / math.sqrt(q.shape[-1])
     S = q @ k.transpose(-2, -1) * scale
-    P = torch.exp(S - L[..., None]) if from_L else torch.exp(S - S.amax(-1, keepdim=True))
+    L_ = L[..., None] if L_unsqueezed else L            # the mistake: S − L broadcasts L along the keys
+    P = torch.exp(S - L_) if from_L else torch.exp(S - S.amax(-1, keepdim=True))
     dv = (P.transpose(-2, -1) if dv_T else P) @ do
     dP = do @ v.transpose(-2, -1)
-    D = {"dOO": (do * o).sum(-1, keepdim=True), "dP": dP.sum(-1, keepdim=True), "none": 0}[D_kind]
+    D = {"dOO": (do * o).sum(-1, keepdim=True), "dP": dP.sum(-1, keepdim=True), "none": 0,
+         "no_keepdim": (do * o).sum(-1)}[D_kind]
     dS = P * (dP - D) if jac else dP
     s = scale if scale_grads else 1.0
     dq = s * ((dS.transpose(-2, -1) if dq_T else dS) @ k)
@@ -257,6 +273,8 @@ def test_backward_passes(capsys):
     (lambda *a: backward_ok(*a, from_L=False), "P not recomputed from L"),
     (lambda *a: backward_ok(*a, dk_T=False), "dK = dS Q"),
     (lambda *a: backward_ok(*a, dq_T=True), "dQ = dSᵀ K"),
+    (lambda *a: backward_ok(*a, L_unsqueezed=False), "S − L broadcast L along the keys"),
+    (lambda *a: backward_ok(*a, D_kind="no_keepdim"), "D without keepdim"),
     (lambda *a: backward_ok(*a)[:2], "expected a tuple"),
 ])
 def test_backward_names_the_mistake(wrong, message):

@@ -275,7 +275,44 @@ def check_flash_forward(flash_forward) -> None:
             "L includes the unmasked padded tail of the last block": wrong["pad_tail"][1],
             **({"L ignores the causal mask": L_full} if causal else {}),
         })
+    _check_tiled(flash_forward, g)
     passed("flash_forward", len(cases))
+
+
+def _check_tiled(flash_forward, g) -> None:
+    """The point of the task, not only its numbers: no N × N tensor, causal tiles above the diagonal skipped.
+
+    An untiled ``softmax(Q Kᵀ/√d) V`` plus ``logsumexp`` gets the values right; so does a tiled loop
+    that computes every tile and masks the ones above the diagonal. What FlashAttention is about is
+    measured here instead: the most memory alive at once (``course_lib.flash.peak_memory``) and the
+    multiply-adds done (``torch.utils.flop_counter.FlopCounterMode``).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from course_lib.flash import peak_memory
+
+    N, d, Br, Bc = 256, 8, 32, 32
+    q, k, v = (torch.randn(1, 1, N, d, generator=g) for _ in range(3))
+    name = f"flash_forward(q [1,1,{N},{d}], Br={Br}, Bc={Bc})"
+    res, peak = peak_memory(lambda: call_student(flash_forward, q, k, v, Br, Bc, causal=False, name="flash_forward"))
+    scores_bytes = N * N * q.element_size()
+    if peak >= scores_bytes / 2:
+        raise AssertionError(
+            f"{name}: {peak / 1024:.0f} KiB were alive at once, as much as the N × N scores "
+            f"({scores_bytes / 1024:.0f} KiB): the scores (or P) were materialised for all keys at once. "
+            f"FlashAttention computes S and P one Br × Bc tile at a time and keeps only O, ℓ and m per row")
+    counted = {}
+    for causal in (False, True):
+        with FlopCounterMode(display=False) as flops:
+            call_student(flash_forward, q, k, v, Br, Bc, causal=causal, name="flash_forward")
+        counted[causal] = flops.get_total_flops()
+    T = N // Br
+    visible = T * (T + 1) / 2 / (T * T)             # the fraction of tiles on or below the diagonal
+    if counted[False] > 0 and counted[True] > (visible + 0.15) * counted[False]:
+        raise AssertionError(
+            f"{name}, causal=True: {counted[True] / counted[False]:.0%} of the non-causal multiply-adds; the tiles "
+            f"above the diagonal were computed (and masked) instead of skipped. Only {visible:.0%} of the tiles "
+            f"hold a visible key: stop the loop over key blocks at the query block's last row")
 
 
 # ----------------------------------------------------------------------------- task 4
@@ -366,6 +403,10 @@ def check_backward(backward_from_lse) -> None:
             "dS = dP: the softmax Jacobian is missing, dS = P ∘ (dP − D)": dP,
             "P not recomputed from L: P = exp(S − L) is already normalised (L = m + log ℓ)":
                 torch.exp(S - S.amax(-1, keepdim=True)) * (dP - D),
+            "S − L broadcast L along the keys: subtract each query's own L, exp(S − L[..., None])":
+                torch.exp(S - L[..., None, :]) * (dP - (do * o).sum(-1, keepdim=True)),
+            "D without keepdim: rowsum(dO ∘ O) has shape [..., N]; keep it [..., N, 1] so that each "
+            "query row subtracts its own D": P * (dP - (do * o).sum(-1)[..., None, :]),
         }
         for i, (gname, ref) in enumerate(zip(("dq", "dk", "dv"), want)):
             got = expect_tensor(f"{name}: {gname}", res[i], tuple(ref.shape))
@@ -373,7 +414,9 @@ def check_backward(backward_from_lse) -> None:
             if gname == "dv":
                 mistakes = {"dV = P dO: it is Pᵀ dO": P @ do,
                             "P not recomputed from L: P = exp(S − L) is already normalised":
-                                torch.exp(S - S.amax(-1, keepdim=True)).transpose(-2, -1) @ do}
+                                torch.exp(S - S.amax(-1, keepdim=True)).transpose(-2, -1) @ do,
+                            "S − L broadcast L along the keys: subtract each query's own L, exp(S − L[..., None])":
+                                torch.exp(S - L[..., None, :]).transpose(-2, -1) @ do}
             else:
                 for message, dS in variants.items():
                     mistakes[message] = scale * (dS @ k if gname == "dq" else dS.transpose(-2, -1) @ q)
