@@ -1,0 +1,249 @@
+"""course_lib.pretrained: our DecoderLM loaded from a Hugging Face checkpoint computes what transformers computes.
+
+For each family a small random model is built from its transformers config class (seeded; every
+parameter perturbed, so that norms are not 1 and biases not 0 — a mapping that dropped them would
+show), saved with ``save_pretrained`` and loaded with ``from_hf`` from the directory. Checked:
+
+* logits on a left-padded batch (attention_mask; HF gets the same position ids) — fp32, the
+  tolerance ``ATOL`` (measured differences are ~1e-6: the two compute the same operations in a
+  different order);
+* greedy generation with our KV cache (``generation.generate``) gives HF ``generate``'s tokens;
+* ``count_parameters(config)`` equals HF's ``num_parameters()``;
+* the features of each family matter at this size: switching one off in our config (same weights)
+  moves the logits by more than ``5 · ATOL``, so a mapping that ignored it would fail the equality.
+
+Offline, CPU; each family takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from course_lib.generation import generate, left_pad  # noqa: E402
+from course_lib.model import DecoderLM, count_parameters, positions_from_mask  # noqa: E402
+from course_lib.pretrained import (  # noqa: E402
+    HubUnavailableError,
+    config_from_hf,
+    from_hf,
+    from_pretrained,
+    load_tokenizer,
+    state_dict_from_hf,
+)
+
+ATOL = 2e-5          # max |Δ logit| allowed in fp32; logits are O(1), measured differences ≤ 2.4e-6
+V = 96
+PROMPTS = [[5, 17, 2, 40, 41, 9, 3, 77, 12, 60, 8, 31], [7, 3, 90, 14], [11, 22, 33, 44, 55, 66, 1]]
+NEW = 8
+
+# (HF config class, model class, config kwargs, {our field: value that switches the feature off})
+FAMILIES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
+             dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2,
+                  bos_token_id=1, eos_token_id=2),
+             {"ffn": "gelu"}),                                       # gelu_new is the tanh approximation
+    "llama": ("LlamaConfig", "LlamaForCausalLM",
+              dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=128,
+                   rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
+              {"rope_base": 10000.0}),
+    "mistral": ("MistralConfig", "MistralForCausalLM",
+                dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, sliding_window=4, max_position_embeddings=128),
+                {"window": None}),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(vocab_size=V, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128),
+                {"top_k": 1}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               dict(vocab_size=V, hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                    attn_logit_softcapping=1.0, final_logit_softcapping=2.0, max_position_embeddings=128,
+                    pad_token_id=0, bos_token_id=1, eos_token_id=2),
+               {"attn_softcap": None, "local_global": False, "norm_offset": 0.0, "final_softcap": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
+              dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True),
+              {"qkv_bias": False}),
+}
+
+
+def hf_model(family: str, seed: int = 0, **overrides):
+    cfg_name, model_name, kwargs, _ = FAMILIES[family]
+    cfg = getattr(transformers, cfg_name)(**{**kwargs, **overrides})
+    cfg._attn_implementation = "eager"          # the plain softmax path on the HF side
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(cfg).eval()
+    with torch.no_grad():                       # HF initialises norms to 1 (Gemma: 0) and biases to 0
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.generation_config.eos_token_id = None  # generate exactly NEW tokens
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def pair(request, tmp_path_factory):
+    family = request.param
+    hf = hf_model(family)
+    path = tmp_path_factory.mktemp(family)
+    hf.save_pretrained(path)
+    return family, hf, from_hf(path), path
+
+
+def logits_both(hf, ours):
+    ids, mask = left_pad(PROMPTS)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+        mine = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    return mine[real], theirs[real]
+
+
+def test_logits_equal_on_a_padded_batch(pair):
+    family, hf, ours, _ = pair
+    mine, theirs = logits_both(hf, ours)
+    err = (mine - theirs).abs().max().item()
+    assert err < ATOL, f"{family}: max |Δ logit| = {err:.2e} ≥ {ATOL}"
+    assert theirs.std() > 0.05                  # not a degenerate model whose logits are all equal
+
+
+def test_greedy_generation_with_our_cache_equals_hf_generate(pair):
+    family, hf, ours, _ = pair
+    ids, mask = left_pad(PROMPTS)
+    with torch.no_grad():
+        theirs = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)[:, ids.shape[1]:]
+    mine = generate(ours, PROMPTS, NEW)
+    assert torch.equal(mine, theirs), f"{family}: ours {mine.tolist()} vs HF {theirs.tolist()}"
+    assert len(set(mine.flatten().tolist())) > 2    # not a constant sequence
+
+
+def test_parameter_counts_equal(pair):
+    family, hf, ours, _ = pair
+    assert count_parameters(ours.config) == ours.num_parameters() == hf.num_parameters()
+
+
+def test_the_family_feature_matters(pair):
+    """Switching a feature of the family off in our config (same weights) moves the logits > 5 · ATOL."""
+    family, hf, ours, _ = pair
+    ids, mask = left_pad(PROMPTS)
+    with torch.no_grad():
+        ref = ours(ids, attention_mask=mask)[mask.bool()]
+    for field, value in FAMILIES[family][3].items():
+        cfg = ours.config.replace(**{field: value})
+        other = DecoderLM(cfg).eval()
+        other.load_state_dict({k: v for k, v in ours.state_dict().items() if k in other.state_dict()})
+        with torch.no_grad():
+            got = other(ids, attention_mask=mask)[mask.bool()]
+        assert (got - ref).abs().max() > 5 * ATOL, f"{family}: {field}={value!r} changed nothing"
+
+
+def test_loading_a_model_instance_equals_loading_its_directory(pair):
+    """A transformers model (Mixtral: fused 3-D expert tensors) and its save_pretrained files
+    (Mixtral: per-expert w1, w2, w3) give the same weights."""
+    family, hf, ours, _ = pair
+    direct = from_hf(hf)
+    for (name, a), (_, b) in zip(direct.state_dict().items(), ours.state_dict().items()):
+        assert torch.equal(a, b), f"{family}: {name}"
+
+
+def test_config_mapping_of_each_family():
+    c = config_from_hf(hf_model("gemma2").config)
+    assert (c.norm_placement, c.norm_offset, c.scale_embeddings, c.attn_softcap, c.final_softcap) == \
+        ("sandwich", 1.0, True, 1.0, 2.0)
+    assert c.window == 4 and c.local_global and c.head_dim == 16 and c.d_model == 48
+    assert abs(c.attn_scale - 24 ** -0.5) < 1e-12 and c.ffn == "geglu_tanh"
+    l = config_from_hf(hf_model("llama").config)
+    assert (l.rope_base, l.n_kv_heads, l.norm_eps, l.ffn, l.tie_embeddings) == (500000.0, 2, 1e-5, "swiglu", False)
+    q = config_from_hf(hf_model("qwen2").config)
+    assert q.qkv_bias and not q.bias and q.tie_embeddings
+    g = config_from_hf(hf_model("gpt2").config)
+    assert g.ffn == "gelu_tanh" and g.pos_encoding == "learned" and g.bias
+
+
+@pytest.mark.parametrize("family, override, field", [
+    ("llama", dict(hidden_act="relu2"), "hidden_act"),
+    ("gpt2", dict(activation_function="quick_gelu"), "activation_function"),
+    ("llama", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}), "rope_type"),
+    ("llama", dict(attention_bias=True), "attention_bias"),
+    ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1), "layer_types"),
+])
+def test_an_unsupported_config_is_a_value_error_naming_the_field(family, override, field):
+    cfg_name, _, kwargs, _ = FAMILIES[family]
+    try:
+        cfg = getattr(transformers, cfg_name)(**{**kwargs, **override})
+    except Exception:                            # transformers itself refuses: test on the dict
+        cfg = {**kwargs, **override, "model_type": family}
+    with pytest.raises(ValueError, match=field):
+        config_from_hf(cfg)
+
+
+def test_another_family_is_a_value_error():
+    with pytest.raises(ValueError, match="model_type: 'bert'"):
+        config_from_hf({"model_type": "bert"})
+
+
+def test_a_dropped_or_missing_weight_is_a_value_error():
+    hf = hf_model("llama")
+    config = config_from_hf(hf.config)
+    state = dict(hf.state_dict())
+    extra = {**state, "model.layers.0.self_attn.extra.weight": torch.zeros(3)}
+    with pytest.raises(ValueError, match="not used: \\['layers.0.self_attn.extra.weight'\\]"):
+        state_dict_from_hf(extra, config, "llama")
+    del state["model.layers.1.mlp.up_proj.weight"]
+    with pytest.raises(ValueError, match="blocks.1.ffn.up_proj.weight"):
+        state_dict_from_hf(state, config, "llama")
+
+
+def test_a_hub_id_offline_says_it_needs_the_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnavailableError, match="needs the network.*local directory"):
+        from_pretrained("openai-community/gpt2", cache_dir=tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(HubUnavailableError, match="download failed .*Network is unreachable.*needs the network"):
+        from_pretrained("openai-community/gpt2", cache_dir=tmp_path)
+
+
+def test_from_pretrained_of_a_local_directory_works_offline(tmp_path, monkeypatch):
+    hf = hf_model("qwen2")
+    hf.save_pretrained(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = from_pretrained(tmp_path, dtype=torch.float64)
+    assert next(ours.parameters()).dtype == torch.float64
+    assert torch.equal(ours.lm_head.weight, hf.lm_head.weight.double())
+
+
+def test_load_tokenizer_from_a_directory(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "the", "model", "loads", "weights"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    fast.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded("the model loads weights")["input_ids"] == [2, 3, 4, 5]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="tokenizer files"):
+        load_tokenizer(empty)
+
+
+def test_without_transformers_the_error_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)       # as if it were not installed
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ImportError, match=r"pip install 'course_lib\[hf\]'"):
+        from_hf(tmp_path)
