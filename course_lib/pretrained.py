@@ -25,7 +25,10 @@ Gemma-2   sandwich norms, RMSNorm scaled by ``1 + w`` (``norm_offset``), embeddi
 * :func:`from_pretrained` — the same from a Hub id (needs the network, or the local Hugging Face
   cache) or a directory; :func:`hub_reachable` says cheaply whether the Hub can be reached;
 * :func:`load_tokenizer` — the checkpoint's own tokenizer (the course's character tokenizer,
-  ``course_lib.data.CharTokenizer``, stays the default offline).
+  ``course_lib.data.CharTokenizer``, stays the default offline);
+* :func:`tiny_hf_model` (small random ``transformers`` models of each family, :data:`TINY_CONFIGS`)
+  and :func:`compare_with_hf` (logits, greedy tokens, parameter counts) — the offline proof of
+  equality that ``tests/test_pretrained.py`` and Chapter 13 run.
 
 ``transformers``, ``safetensors`` and ``huggingface_hub`` are optional (``pip install
 course_lib[hf]``): they are imported inside the functions, so ``course_lib`` imports without them.
@@ -57,6 +60,9 @@ __all__ = [
     "from_pretrained",
     "hub_reachable",
     "load_tokenizer",
+    "TINY_CONFIGS",
+    "tiny_hf_model",
+    "compare_with_hf",
 ]
 
 FAMILIES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "gemma2")   # HF's model_type
@@ -405,3 +411,80 @@ def load_tokenizer(repo_or_dir, *, cache_dir=None):
         raise ValueError(f"repo_or_dir: expected tokenizer files (tokenizer.json, tokenizer_config.json, …) "
                          f"in {str(path)!r}; found {sorted(names)}")
     return transformers.AutoTokenizer.from_pretrained(str(path))
+
+
+# ============================================================================ the offline proof
+# Small models of each family: a window smaller than the prompts (Mistral, Gemma-2), GQA, Gemma-2's
+# head_dim ≠ d_model / heads and query_pre_attn_scalar ≠ head_dim, caps small enough to act.
+TINY_CONFIGS = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
+             dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2,
+                  bos_token_id=1, eos_token_id=2)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM",
+              dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=128,
+                   rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+    "mistral": ("MistralConfig", "MistralForCausalLM",
+                dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, sliding_window=4, max_position_embeddings=128)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
+              dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               dict(vocab_size=96, hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                    attn_logit_softcapping=1.0, final_logit_softcapping=2.0, max_position_embeddings=128,
+                    pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+}
+
+
+def tiny_hf_model(family: str, seed: int = 0, noise: float = 0.05, **overrides):
+    """A small random ``transformers`` model of ``family`` (a key of :data:`TINY_CONFIGS`), eval mode.
+
+    Seeded; every parameter gets ``noise · N(0, 1)`` added, since HF initialises norms to 1
+    (Gemma: 0) and biases to 0, and a mapping that dropped them would go unnoticed. Attention is
+    HF's ``"eager"`` path; ``generate`` never stops early (no end-of-sequence token) and pads with 0.
+    """
+    transformers = _require("transformers")
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"family: expected one of {list(TINY_CONFIGS)}; got {family!r}")
+    cfg_name, model_name, kwargs = TINY_CONFIGS[family]
+    cfg = getattr(transformers, cfg_name)(**{**kwargs, **overrides})
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p))
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+@torch.no_grad()
+def compare_with_hf(hf_model, ours: DecoderLM, prompts, max_new_tokens: int = 8) -> dict:
+    """Our model against the Hugging Face one on ``prompts`` (token-id lists, left-padded together).
+
+    Returns ``{"max_abs_diff": max |Δ logit| over the real tokens, "same_tokens": greedy
+    ``generation.generate`` (our KV cache) == HF ``generate``, "ours_tokens", "hf_tokens",
+    "params": (ours by formula, HF's num_parameters())}``. HF gets the position ids of the
+    padded rows (``positions_from_mask``), as its ``generate`` computes them.
+    """
+    from course_lib.generation import generate, left_pad
+    from course_lib.model import count_parameters, positions_from_mask
+
+    device = next(ours.parameters()).device
+    ids, mask = left_pad(prompts, device=device)
+    theirs = hf_model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    mine = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    diff = (mine[real].float() - theirs[real].float()).abs().max().item()
+    hf_tokens = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                  do_sample=False, pad_token_id=0)[:, ids.shape[1]:]
+    our_tokens = generate(ours, prompts, max_new_tokens)
+    return {"max_abs_diff": diff, "same_tokens": bool(torch.equal(our_tokens, hf_tokens)),
+            "ours_tokens": our_tokens, "hf_tokens": hf_tokens,
+            "params": (count_parameters(ours.config), hf_model.num_parameters())}

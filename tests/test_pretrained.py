@@ -31,59 +31,31 @@ from course_lib.pretrained import (  # noqa: E402
     config_from_hf,
     from_hf,
     from_pretrained,
+    TINY_CONFIGS,
+    compare_with_hf,
     load_tokenizer,
     state_dict_from_hf,
+    tiny_hf_model,
 )
 
 ATOL = 2e-5          # max |Δ logit| allowed in fp32; logits are O(1), measured differences ≤ 2.4e-6
-V = 96
 PROMPTS = [[5, 17, 2, 40, 41, 9, 3, 77, 12, 60, 8, 31], [7, 3, 90, 14], [11, 22, 33, 44, 55, 66, 1]]
 NEW = 8
 
-# (HF config class, model class, config kwargs, {our field: value that switches the feature off})
-FAMILIES = {
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
-             dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, initializer_range=0.2,
-                  bos_token_id=1, eos_token_id=2),
-             {"ffn": "gelu"}),                                       # gelu_new is the tanh approximation
-    "llama": ("LlamaConfig", "LlamaForCausalLM",
-              dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=128,
-                   rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
-              {"rope_base": 10000.0}),
-    "mistral": ("MistralConfig", "MistralForCausalLM",
-                dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, sliding_window=4, max_position_embeddings=128),
-                {"window": None}),
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
-                dict(vocab_size=V, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128),
-                {"top_k": 1}),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
-               dict(vocab_size=V, hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
-                    attn_logit_softcapping=1.0, final_logit_softcapping=2.0, max_position_embeddings=128,
-                    pad_token_id=0, bos_token_id=1, eos_token_id=2),
-               {"attn_softcap": None, "local_global": False, "norm_offset": 0.0, "final_softcap": None}),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM",
-              dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True),
-              {"qkv_bias": False}),
+# {our field: a value that switches the family's feature off}; the models: pretrained.TINY_CONFIGS
+FEATURES = {
+    "gpt2": {"ffn": "gelu"},                                    # gelu_new is GELU's tanh approximation
+    "llama": {"rope_base": 10000.0},                            # LLaMA-3's θ = 500 000
+    "mistral": {"window": None},                                # a window of 4 < the prompts
+    "mixtral": {"top_k": 1},
+    "gemma2": {"attn_softcap": None, "local_global": False, "norm_offset": 0.0, "final_softcap": None},
+    "qwen2": {"qkv_bias": False},
 }
+FAMILIES = list(FEATURES)
 
 
 def hf_model(family: str, seed: int = 0, **overrides):
-    cfg_name, model_name, kwargs, _ = FAMILIES[family]
-    cfg = getattr(transformers, cfg_name)(**{**kwargs, **overrides})
-    cfg._attn_implementation = "eager"          # the plain softmax path on the HF side
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_name)(cfg).eval()
-    with torch.no_grad():                       # HF initialises norms to 1 (Gemma: 0) and biases to 0
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.generation_config.eos_token_id = None  # generate exactly NEW tokens
-    model.generation_config.pad_token_id = 0
-    return model
+    return tiny_hf_model(family, seed, **overrides)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -133,7 +105,7 @@ def test_the_family_feature_matters(pair):
     ids, mask = left_pad(PROMPTS)
     with torch.no_grad():
         ref = ours(ids, attention_mask=mask)[mask.bool()]
-    for field, value in FAMILIES[family][3].items():
+    for field, value in FEATURES[family].items():
         cfg = ours.config.replace(**{field: value})
         other = DecoderLM(cfg).eval()
         other.load_state_dict({k: v for k, v in ours.state_dict().items() if k in other.state_dict()})
@@ -173,7 +145,7 @@ def test_config_mapping_of_each_family():
     ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1), "layer_types"),
 ])
 def test_an_unsupported_config_is_a_value_error_naming_the_field(family, override, field):
-    cfg_name, _, kwargs, _ = FAMILIES[family]
+    cfg_name, _, kwargs = TINY_CONFIGS[family]
     try:
         cfg = getattr(transformers, cfg_name)(**{**kwargs, **override})
     except Exception:                            # transformers itself refuses: test on the dict
@@ -247,3 +219,15 @@ def test_without_transformers_the_error_says_what_to_install(tmp_path, monkeypat
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ImportError, match=r"pip install 'course_lib\[hf\]'"):
         from_hf(tmp_path)
+
+
+def test_compare_with_hf_reports_equality_and_a_mismatch():
+    """The helper Chapter 13 prints from: equal for the loaded model, unequal with the window off."""
+    hf = hf_model("mistral")
+    ours = from_hf(hf)
+    ok = compare_with_hf(hf, ours, PROMPTS, NEW)
+    assert ok["max_abs_diff"] < ATOL and ok["same_tokens"] and ok["params"][0] == ok["params"][1]
+    off = DecoderLM(ours.config.replace(window=None)).eval()
+    off.load_state_dict(ours.state_dict())
+    bad = compare_with_hf(hf, off, PROMPTS, NEW)
+    assert bad["max_abs_diff"] > 5 * ATOL and not bad["same_tokens"]
