@@ -271,17 +271,17 @@ def state_dict_from_hf(hf_state: dict, config: ModelConfig, model_type: str) -> 
     """Our ``state_dict`` for ``DecoderLM(config)`` from a Hugging Face one (checkpoint or model).
 
     Every parameter of ours is looked up (:func:`_hf_key`), and every tensor of the source must
-    be used by one (the constants in :data:`_BUFFERS` aside): a weight left at its initial value
-    or a source weight dropped raises ``ValueError`` listing them. A tied head must equal the
-    embeddings.
+    be used by one (the constants in :data:`_BUFFERS` aside): a weight left at its initial value,
+    a source weight dropped or a shape that disagrees with the config raises ``ValueError``
+    listing them. A tied head must equal the embeddings.
     """
     if model_type not in FAMILIES:
         raise _unsupported("model_type", model_type, f"one of {FAMILIES}")
     src = {_strip(k): v for k, v in hf_state.items()}
     used, out, missing = set(), {}, []
-    with torch.device("meta"):                    # names only: no memory, no initialisation
-        ours_names = list(DecoderLM(config).state_dict())
-    for name in ours_names:
+    with torch.device("meta"):                    # names and shapes only: no memory, no initialisation
+        shapes = {k: tuple(v.shape) for k, v in DecoderLM(config).state_dict().items()}
+    for name in shapes:
         if name == "lm_head.weight" and config.tie_embeddings:
             out[name] = out["tok_emb.weight"]
             if "lm_head.weight" in src:           # a model's state_dict lists the tied head too
@@ -296,6 +296,9 @@ def state_dict_from_hf(hf_state: dict, config: ModelConfig, model_type: str) -> 
                 break
         else:
             missing.append(name)
+    wrong = [f"{k} {tuple(out[k].shape)} (expected {shapes[k]})" for k in out if tuple(out[k].shape) != shapes[k]]
+    if wrong:
+        raise ValueError(f"state_dict: tensor shapes do not match the config: {wrong[:4]}")
     unused = sorted(k for k in src if k not in used and not _BUFFERS.search(k))
     if missing or unused:
         raise ValueError(f"state_dict: the weights do not match the config — ours without a source tensor: "
@@ -452,7 +455,10 @@ def tiny_hf_model(family: str, seed: int = 0, noise: float = 0.05, **overrides):
     if family not in TINY_CONFIGS:
         raise ValueError(f"family: expected one of {list(TINY_CONFIGS)}; got {family!r}")
     cfg_name, model_name, kwargs = TINY_CONFIGS[family]
-    cfg = getattr(transformers, cfg_name)(**{**kwargs, **overrides})
+    kwargs = {**kwargs, **overrides}
+    if int(transformers.__version__.split(".")[0]) < 5 and "rope_parameters" in kwargs:   # 4.x: rope_theta
+        kwargs["rope_theta"] = kwargs.pop("rope_parameters")["rope_theta"]
+    cfg = getattr(transformers, cfg_name)(**kwargs)
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(cfg).eval()

@@ -166,6 +166,9 @@ def test_a_dropped_or_missing_weight_is_a_value_error():
     extra = {**state, "model.layers.0.self_attn.extra.weight": torch.zeros(3)}
     with pytest.raises(ValueError, match="not used: \\['layers.0.self_attn.extra.weight'\\]"):
         state_dict_from_hf(extra, config, "llama")
+    with pytest.raises(ValueError, match=r"shapes do not match the config: \['blocks.0.ffn.gate_proj.weight \(96, 64\) "
+                                         r"\(expected \(80, 64\)\)"):
+        state_dict_from_hf(state, config.replace(d_ff=80), "llama")
     del state["model.layers.1.mlp.up_proj.weight"]
     with pytest.raises(ValueError, match="blocks.1.ffn.up_proj.weight"):
         state_dict_from_hf(state, config, "llama")
@@ -231,3 +234,20 @@ def test_compare_with_hf_reports_equality_and_a_mismatch():
     off.load_state_dict(ours.state_dict())
     bad = compare_with_hf(hf, off, PROMPTS, NEW)
     assert bad["max_abs_diff"] > 5 * ATOL and not bad["same_tokens"]
+
+
+def test_gpt2_in_the_hub_layout_loads(tmp_path):
+    """openai-community/gpt2's file: no ``transformer.`` prefix, the causal-mask buffers
+    ``h.N.attn.bias`` stored as tensors (constants, not weights: skipped), no lm_head (tied)."""
+    from safetensors.torch import save_file
+
+    hf = hf_model("gpt2")
+    hf.config.save_pretrained(tmp_path)
+    state = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    n = hf.config.n_positions
+    for i in range(hf.config.n_layer):
+        state[f"h.{i}.attn.bias"] = torch.ones(1, 1, n, n).tril()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    ours = from_hf(tmp_path)
+    mine, theirs = logits_both(hf, ours)
+    assert (mine - theirs).abs().max() < ATOL
