@@ -21,6 +21,8 @@ Everything a later chapter varies goes through :class:`ModelConfig`:
   scheme has an attention function of its own).
 * Chapters 7–9 and 13 add FFN, norm and MoE variants through :func:`build_ffn` and
   :func:`build_norm`, and Gemma-2's soft-capping through the ``"eager"`` attention function.
+  Chapter 13 loads real checkpoints (``course_lib.pretrained``), which need four more fields:
+  ``qkv_bias`` (Qwen2), ``norm_offset`` and ``scale_embeddings`` (Gemma), ``attn_scale`` (Gemma-2).
 
 **Attention is chosen once.** :data:`ATTENTION_FUNCTIONS` maps ``config.attn_implementation`` to a
 module-level function with one signature (as Hugging Face's ``eager_attention_forward``):

@@ -251,3 +251,22 @@ def test_gpt2_in_the_hub_layout_loads(tmp_path):
     ours = from_hf(tmp_path)
     mine, theirs = logits_both(hf, ours)
     assert (mine - theirs).abs().max() < ATOL
+
+
+def test_mixtral_router_is_top_k_gating():
+    """HF's MixtralTopKRouter (softmax over all experts, top-k, renormalise) = moe.top_k_gating."""
+    from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
+
+    from course_lib.moe import top_k_gating
+
+    cfg = transformers.MixtralConfig(**TINY_CONFIGS["mixtral"][2])
+    router = MixtralTopKRouter(cfg)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(router.weight)
+    x = torch.randn(50, cfg.hidden_size)
+    logits, weights, indices = router(x)
+    ours_w, ours_i, _ = top_k_gating(logits, cfg.num_experts_per_tok)
+    assert torch.equal(ours_i, indices)
+    torch.testing.assert_close(ours_w, weights, rtol=1e-6, atol=1e-7)
+    softmax_of_top = torch.softmax(logits.gather(-1, indices), dim=-1)        # the same, from the top-k logits
+    torch.testing.assert_close(softmax_of_top, weights, rtol=1e-6, atol=1e-7)
