@@ -125,6 +125,8 @@ def _windows(cfg, model_type: str) -> dict:
         types = ["sliding_attention" if window is not None else "full_attention"] * n
         if model_type == "qwen2" and not _get(cfg, "use_sliding_window", False):
             types = ["full_attention"] * n
+        if model_type == "gemma2" and window is not None:       # Gemma-2's default: even layers local
+            types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
     types = list(types)
     if all(t == "full_attention" for t in types):
         return dict(window=None, local_global=False)

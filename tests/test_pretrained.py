@@ -154,6 +154,17 @@ def test_an_unsupported_config_is_a_value_error_naming_the_field(family, overrid
         config_from_hf(cfg)
 
 
+def test_a_config_dict_without_layer_types_gets_each_familys_default():
+    gemma = {**TINY_CONFIGS["gemma2"][2], "model_type": "gemma2", "hidden_activation": "gelu_pytorch_tanh"}
+    c = config_from_hf(gemma)
+    assert c.window == 4 and c.local_global                   # Gemma-2: alternating, layer 0 local
+    mistral = config_from_hf({**TINY_CONFIGS["mistral"][2], "model_type": "mistral", "hidden_act": "silu"})
+    assert mistral.window == 4 and not mistral.local_global   # Mistral: every layer
+    qwen = config_from_hf({**TINY_CONFIGS["qwen2"][2], "model_type": "qwen2", "hidden_act": "silu",
+                           "sliding_window": 4, "use_sliding_window": False})
+    assert qwen.window is None                                # Qwen2: the window only when switched on
+
+
 def test_another_family_is_a_value_error():
     with pytest.raises(ValueError, match="model_type: 'bert'"):
         config_from_hf({"model_type": "bert"})
