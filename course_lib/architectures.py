@@ -110,7 +110,7 @@ def recipe_row(config: ModelConfig) -> dict:
         "heads / kv": f"{config.n_heads} / {config.n_kv_heads}",
         "window": window,
         "MoE": f"{config.n_experts} experts, top-{config.top_k}" if config.n_experts else "—",
-        "bias": "yes" if config.bias else "no",
+        "bias": "yes" if config.bias else ("q, k, v" if config.qkv_bias else "no"),
         "dropout": f"{config.dropout:g}",
         "tied": "yes" if config.tie_embeddings else "no",
         "soft-cap": ", ".join(c for c in caps if c) or "—",

@@ -289,7 +289,8 @@ def group_mask(mask: torch.Tensor, n_heads: int, n_kv_heads: int) -> torch.Tenso
 
 
 def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                            *, is_causal: bool = False, dropout_p: float = 0.0) -> torch.Tensor:
+                            *, is_causal: bool = False, dropout_p: float = 0.0,
+                            scale: float | None = None) -> torch.Tensor:
     """Attention of ``h`` query heads over ``h_kv`` K/V heads with PyTorch's fused kernel, K/V never copied.
 
     Args:
@@ -297,6 +298,8 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
         mask: ``[B or 1, 1 or h, T, S]``, boolean (True = attend) or additive; or None.
         is_causal: the causal mask, bottom-right aligned (``course_lib.masks.causal_mask``:
             the T queries are the last T of the S positions).
+        scale: the factor of the scores ``q kᵀ``; None → ``1 / √d`` (Gemma-2: ``1 / √256``
+            whatever its ``d``).
     Returns:
         ``[B, h, T, d]``, equal to ``F.scaled_dot_product_attention(q, repeat_kv(k), repeat_kv(v), …)``.
 
@@ -310,10 +313,12 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     if is_causal and (T != S or h_kv != h):     # torch's is_causal is top-left aligned: spell the mask out
         mask, is_causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None], False
     if h_kv == h:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                                              scale=scale)
     if mask is not None:
         mask = group_mask(mask, h, h_kv)
-    out = F.scaled_dot_product_attention(group_queries(q, h_kv), k, v, attn_mask=mask, dropout_p=dropout_p)
+    out = F.scaled_dot_product_attention(group_queries(q, h_kv), k, v, attn_mask=mask, dropout_p=dropout_p,
+                                         scale=scale)
     return ungroup_queries(out, h)
 
 

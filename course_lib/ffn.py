@@ -14,7 +14,8 @@ add a third matrix ``W`` whose output multiplies the activated branch element-wi
     FFN_GLU(x) = (φ(x W_gate + b_gate) ⊗ (x W_up + b_up)) W_down + b_down
 
 The activation φ names the variant (:data:`GLU_VARIANTS`): sigmoid → GLU, identity →
-Bilinear, ReLU → ReGLU, GELU → GEGLU, Swish = SiLU → SwiGLU (LLaMA, Mistral, Gemma, Qwen2).
+Bilinear, ReLU → ReGLU, GELU → GEGLU (Gemma: with GELU's tanh approximation), Swish = SiLU →
+SwiGLU (LLaMA, Mistral, Qwen2).
 The names ``gate_proj``, ``up_proj``, ``down_proj`` are those of LLaMA's ``LlamaMLP``: the
 activation is applied to the *gate* branch only.
 
@@ -43,6 +44,7 @@ __all__ = [
     "GLU_VARIANTS",
     "FFN_KINDS",
     "gelu",
+    "gelu_tanh",
     "silu",
     "FeedForward",
     "GatedFeedForward",
@@ -77,8 +79,16 @@ def silu(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     return x * torch.sigmoid(beta * x)
 
 
-# ReLU and GELU: the activations of the standard FFN (used by chapter 2's layers and model.py)
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation, ``F.gelu(x, approximate="tanh")``: GPT-2's ``gelu_new`` and
+    Gemma's ``gelu_pytorch_tanh`` (the released weights were trained with it; exact GELU moves
+    their logits visibly)."""
+    return F.gelu(x, approximate="tanh")
+
+
+# ReLU and GELU (exact erf form, and the tanh approximation GPT-2 and Gemma use): the activations
+# of the standard FFN (used by chapter 2's layers and model.py)
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
 
 # the activation φ on the gate branch of each GLU variant (Shazeer, 2020)
 GLU_VARIANTS = {
@@ -86,7 +96,8 @@ GLU_VARIANTS = {
     "bilinear": lambda x: x,       # no non-linearity: the product itself is the only one
     "reglu": F.relu,
     "geglu": F.gelu,
-    "swiglu": F.silu,              # LLaMA, Mistral, Gemma, Qwen2
+    "swiglu": F.silu,              # LLaMA, Mistral, Mixtral, Qwen2
+    "geglu_tanh": gelu_tanh,       # Gemma, Gemma-2: GEGLU with the tanh approximation of GELU
 }
 
 # every FFN kind build_feed_forward (and ModelConfig.ffn) accepts
@@ -100,8 +111,8 @@ class FeedForward(nn.Module):
     Args:
         d_model: the width of the residual stream.
         d_ff: the hidden width (default ``4 * d_model``).
-        activation: ``"relu"`` (the original Transformer) or ``"gelu"`` (exact erf form,
-            as ``torch.nn.functional.gelu``; BERT, GPT-2).
+        activation: ``"relu"`` (the original Transformer), ``"gelu"`` (exact erf form,
+            as ``torch.nn.functional.gelu``; BERT) or ``"gelu_tanh"`` (its tanh approximation; GPT-2).
         dropout: dropout on the hidden activations (as torch's Transformer layers do).
         bias: whether the two linear maps have biases.
 
@@ -138,7 +149,8 @@ class GatedFeedForward(nn.Module):
         d_ff: the hidden width (default :func:`glu_hidden_dim` ``(d_model)``: 8/3·d_model
             rounded up to a multiple of 256, LLaMA's rule).
         variant: ``"glu"`` (sigmoid), ``"bilinear"`` (identity), ``"reglu"`` (ReLU),
-            ``"geglu"`` (GELU) or ``"swiglu"`` (SiLU); see :data:`GLU_VARIANTS`.
+            ``"geglu"`` (GELU), ``"swiglu"`` (SiLU) or ``"geglu_tanh"`` (tanh-approximated GELU,
+            Gemma); see :data:`GLU_VARIANTS`.
         dropout: dropout on the gated hidden activations.
         bias: biases in the three linear maps (LLaMA has none).
 

@@ -21,6 +21,8 @@ Everything a later chapter varies goes through :class:`ModelConfig`:
   scheme has an attention function of its own).
 * Chapters 7–9 and 13 add FFN, norm and MoE variants through :func:`build_ffn` and
   :func:`build_norm`, and Gemma-2's soft-capping through the ``"eager"`` attention function.
+  Chapter 13 loads real checkpoints (``course_lib.pretrained``), which need four more fields:
+  ``qkv_bias`` (Qwen2), ``norm_offset`` and ``scale_embeddings`` (Gemma), ``attn_scale`` (Gemma-2).
 
 **Attention is chosen once.** :data:`ATTENTION_FUNCTIONS` maps ``config.attn_implementation`` to a
 module-level function with one signature (as Hugging Face's ``eager_attention_forward``):
@@ -62,7 +64,7 @@ from course_lib.attention import group_queries, grouped_query_attention, repeat_
 from course_lib.ffn import FFN_KINDS, GLU_VARIANTS, build_feed_forward, ffn_num_parameters, glu_hidden_dim
 from course_lib.masks import causal_mask
 from course_lib.moe import MoE
-from course_lib.norms import NORM_PLACEMENTS, residual_block
+from course_lib.norms import NORM_PLACEMENTS, RMSNorm, residual_block
 from course_lib.positional import (
     LearnedPositionalEmbedding,
     RelativePositionEmbedding,
@@ -106,8 +108,8 @@ ROPE_SCALINGS = ("linear", "ntk")
 class ModelConfig:
     """Hyper-parameters of :class:`DecoderLM`, validated and resolved once at construction.
 
-    The derived fields (``n_kv_heads``, ``head_dim``, ``d_ff``, ``norm_eps``,
-    ``attn_implementation``) may be given as None; ``__post_init__`` replaces None by the value the
+    The derived fields (``n_kv_heads``, ``head_dim``, ``d_ff``, ``qkv_bias``, ``norm_eps``,
+    ``attn_implementation``, ``attn_scale``) may be given as None; ``__post_init__`` replaces None by the value the
     other fields imply, so that every reader sees one number. To change a field of an existing
     config use :meth:`replace`, which re-derives the fields that were derived before.
 
@@ -123,8 +125,9 @@ class ModelConfig:
         max_seq_len: the longest sequence (the size of a learned position table).
         d_ff: hidden width of the FFN; None → ``4 · d_model`` (``"relu"``, ``"gelu"``) or, for a
             GLU variant, ``ffn.glu_hidden_dim(d_model, multiple_of=64)`` ≈ 8/3 · d_model.
-        ffn: the FFN kind (Chapter 7, ``course_lib.ffn``): ``"gelu"`` (GPT-2), ``"relu"``, or a GLU
-            variant ``"glu"``, ``"bilinear"``, ``"reglu"``, ``"geglu"``, ``"swiglu"`` (LLaMA).
+        ffn: the FFN kind (Chapter 7, ``course_lib.ffn``): ``"gelu"``, ``"gelu_tanh"`` (GPT-2's
+            released weights: GELU's tanh approximation), ``"relu"``, or a GLU variant ``"glu"``,
+            ``"bilinear"``, ``"reglu"``, ``"geglu"``, ``"swiglu"`` (LLaMA), ``"geglu_tanh"`` (Gemma).
         pos_encoding: ``"none"``, ``"learned"`` (GPT-2), ``"sinusoidal"`` (Vaswani et al.),
             ``"relative"`` (Shaw et al.'s clipped R^K, R^V), ``"rope"`` (RoFormer, LLaMA),
             ``"alibi"`` (Press et al.); see ``course_lib.positional`` and Chapter 6.
@@ -137,11 +140,16 @@ class ModelConfig:
             included (None: full causal attention).
         dropout: dropout on embeddings, attention weights and residual branches.
         bias: biases in the linear maps.
+        qkv_bias: biases in the q, k, v projections; None → ``bias``. Qwen2 has them (and no other
+            bias): ``bias=False, qkv_bias=True``.
         tie_embeddings: the LM head reuses the token embedding matrix.
         norm: ``"layernorm"`` (GPT-2; γ, and β when ``bias``) or ``"rmsnorm"`` (LLaMA: γ only);
             see ``course_lib.norms`` and Chapter 9.
         norm_eps: the ε of every norm; None → 1e-5 for LayerNorm (PyTorch's and GPT-2's), 1e-6
             for RMSNorm.
+        norm_offset: RMSNorm scales by ``norm_offset + γ`` (Gemma: 1, with γ stored around 0;
+            ``norms.RMSNorm``); 0 → by γ.
+        scale_embeddings: multiply the token embeddings by √d_model (Gemma: ``h⁰ = √d · E[x]``).
         norm_placement: ``"pre"`` — ``x + F(Norm(x))`` (GPT-2, LLaMA); ``"post"`` —
             ``Norm(x + F(x))`` (Vaswani et al.); ``"sandwich"`` — ``x + Norm(F(Norm(x)))`` (Gemma-2).
         n_experts: Mixture of Experts (Chapter 8, ``course_lib.moe``): ``0`` — a dense FFN; ``n > 0``
@@ -157,6 +165,8 @@ class ModelConfig:
             False: every layer uses ``window``. Generation then needs a full (static) cache.
         attn_implementation: a key of :data:`ATTENTION_FUNCTIONS`. None → ``"relative"`` for
             Shaw's positions, ``"eager"`` with ``attn_softcap``, else ``"sdpa"``.
+        attn_scale: the factor of the scores ``q kᵀ``; None → ``1 / √head_dim``. Gemma-2 scales by
+            ``query_pre_attn_scalar^(−1/2) = 1/√256`` whatever its head width (27B: d_h = 128).
     """
 
     vocab_size: int
@@ -176,9 +186,12 @@ class ModelConfig:
     window: int | None = None
     dropout: float = 0.0
     bias: bool = True
+    qkv_bias: bool | None = None
     tie_embeddings: bool = True
     norm: str = "layernorm"
     norm_eps: float | None = None
+    norm_offset: float = 0.0
+    scale_embeddings: bool = False
     norm_placement: str = "pre"
     n_experts: int = 0
     top_k: int = 2
@@ -187,6 +200,7 @@ class ModelConfig:
     final_softcap: float | None = None
     local_global: bool = False
     attn_implementation: str | None = None
+    attn_scale: float | None = None
 
     def __post_init__(self):
         _validate(self)
@@ -227,12 +241,15 @@ def _derived(config: ModelConfig) -> dict:
         implementation = "relative"
     else:
         implementation = "eager" if config.attn_softcap is not None else "sdpa"
+    head_dim = config.head_dim if config.head_dim is not None else config.d_model // config.n_heads
     return {
         "n_kv_heads": config.n_heads,
         "head_dim": config.d_model // config.n_heads,
+        "qkv_bias": config.bias,
         "d_ff": glu_hidden_dim(config.d_model, multiple_of=64) if glu else 4 * config.d_model,
         "norm_eps": 1e-6 if config.norm == "rmsnorm" else 1e-5,
         "attn_implementation": implementation,
+        "attn_scale": 1.0 / math.sqrt(head_dim),
     }
 
 
@@ -290,6 +307,8 @@ class DecoderLM(nn.Module):
             raise ValueError(f"position_ids: expected positions < max_seq_len = {self.config.max_seq_len}; "
                              f"got {int(position_ids.max())}")
         x = self.tok_emb(input_ids)
+        if self.config.scale_embeddings:                          # Gemma: √d · E[x]
+            x = x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
         if self.pos_emb is not None:
             x = x + self.pos_emb(position_ids)
         x = self.drop(x)
@@ -367,9 +386,9 @@ class CausalSelfAttention(nn.Module):
         self.n_rep = config.n_rep
         self.dropout = config.dropout
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(config.d_model, q_dim, bias=config.bias)
-        self.k_proj = nn.Linear(config.d_model, kv_dim, bias=config.bias)
-        self.v_proj = nn.Linear(config.d_model, kv_dim, bias=config.bias)
+        self.q_proj = nn.Linear(config.d_model, q_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, kv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_dim, config.d_model, bias=config.bias)
         self.attention_interface = ATTENTION_FUNCTIONS[config.attn_implementation]
         # Chapter 6: the schemes that act inside attention (course_lib.positional)
@@ -460,7 +479,8 @@ def _dropout_p(module: nn.Module) -> float:
 def sdpa_attention(module, q, k, v, mask, is_causal, q_positions=None, k_positions=None):
     """PyTorch's fused attention; GQA/MQA by grouping the queries (``attention.grouped_query_attention``):
     a decoding step reads each K/V head once and copies nothing."""
-    return grouped_query_attention(q, k, v, mask, is_causal=is_causal, dropout_p=_dropout_p(module))
+    return grouped_query_attention(q, k, v, mask, is_causal=is_causal, dropout_p=_dropout_p(module),
+                                   scale=module.config.attn_scale)
 
 
 def repeat_kv_attention(module, q, k, v, mask, is_causal, q_positions=None, k_positions=None):
@@ -470,17 +490,19 @@ def repeat_kv_attention(module, q, k, v, mask, is_causal, q_positions=None, k_po
     of the cache, which is why fewer K/V heads do not make it faster (Chapter 4 measures it).
     """
     k, v = repeat_kv(k, module.n_rep), repeat_kv(v, module.n_rep)
-    return grouped_query_attention(q, k, v, mask, is_causal=is_causal, dropout_p=_dropout_p(module))
+    return grouped_query_attention(q, k, v, mask, is_causal=is_causal, dropout_p=_dropout_p(module),
+                                   scale=module.config.attn_scale)
 
 
 def eager_attention(module, q, k, v, mask, is_causal, q_positions=None, k_positions=None):
-    """``softmax(mask(cap(q kᵀ / √d))) v`` written out, with Gemma-2's soft-cap ``σ · tanh(s / σ)``
+    """``softmax(mask(cap(s · q kᵀ))) v`` (``s = config.attn_scale``, by default ``1/√d``) written out,
+    with Gemma-2's soft-cap ``σ · tanh(s / σ)``
     applied before the mask (so masked keys stay at −inf). Queries grouped as in :func:`sdpa_attention`."""
     B, h, T, d = q.shape
     S = k.shape[2]
     if is_causal:
         mask = causal_mask(T, S, device=q.device)[None, None]
-    scores = ungroup_queries(group_queries(q, module.n_kv_heads) @ k.transpose(-2, -1), h) / math.sqrt(d)
+    scores = ungroup_queries(group_queries(q, module.n_kv_heads) @ k.transpose(-2, -1), h) * module.config.attn_scale
     if module.config.attn_softcap is not None:
         scores = softcap(scores, module.config.attn_softcap)        # [B, h, T, S]
     if mask is not None:
@@ -531,9 +553,12 @@ def build_norm(config: ModelConfig) -> nn.Module:
     """The normalization layer of the blocks and of the output (Chapter 9, ``course_lib.norms``).
 
     ``"layernorm"`` → ``nn.LayerNorm`` (β only when ``config.bias``); ``"rmsnorm"`` →
-    ``nn.RMSNorm`` with no β, as in LLaMA (``course_lib.norms.RMSNorm`` computes the same); both
-    with ``config.norm_eps``.
+    ``nn.RMSNorm`` with no β, as in LLaMA (``course_lib.norms.RMSNorm`` computes the same), or with
+    ``config.norm_offset`` (Gemma's ``1 + γ``) ``course_lib.norms.RMSNorm(offset=…)``; all with
+    ``config.norm_eps``.
     """
+    if config.norm == "rmsnorm" and config.norm_offset:
+        return RMSNorm(config.d_model, eps=config.norm_eps, offset=config.norm_offset)
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.d_model, eps=config.norm_eps)
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
@@ -598,7 +623,7 @@ def count_parameters(config: ModelConfig, active: bool = False) -> int:
     """The parameter count of ``DecoderLM(config)`` by formula (tests compare it with the model).
 
     Per block: attention ``Q, O: 2·d·h·d_h`` and ``K, V: 2·d·h_kv·d_h`` weights (+ ``h·d_h +
-    2·h_kv·d_h + d`` biases) — GQA/MQA shrink only K and V; the FFN (``ffn.ffn_num_parameters``:
+    2·h_kv·d_h`` q/k/v biases with ``qkv_bias``, + ``d`` for O's with ``bias``) — GQA/MQA shrink only K and V; the FFN (``ffn.ffn_num_parameters``:
     ``2·d·d_ff`` + biases, a GLU ``3·d·d_ff``), or an MoE of ``n_experts`` of them + a router
     ``d·n_experts`` (with ``active=True`` only the ``top_k`` experts a token uses are counted);
     two norms (four with ``"sandwich"``) of ``d`` (LayerNorm with β: ``2d``). Plus the embedding
@@ -611,7 +636,8 @@ def count_parameters(config: ModelConfig, active: bool = False) -> int:
     h, hkv = config.n_heads, config.n_kv_heads
     b = 1 if config.bias else 0
     norm = d * (1 + b) if config.norm == "layernorm" else d          # RMSNorm: γ only
-    attn = 2 * d * h * dh + 2 * d * hkv * dh + b * (h * dh + 2 * hkv * dh + d)
+    qb = 1 if config.qkv_bias else 0
+    attn = 2 * d * h * dh + 2 * d * hkv * dh + qb * (h * dh + 2 * hkv * dh) + b * d
     ffn = ffn_num_parameters(d, config.d_ff, config.ffn, bias=config.bias)
     if config.n_experts > 0:                            # experts + the router (no bias)
         ffn = (config.top_k if active else config.n_experts) * ffn + d * config.n_experts
@@ -695,7 +721,14 @@ def _validate(c: ModelConfig) -> None:
     check_probability("dropout", c.dropout)
     if c.attn_implementation is not None:
         check_choice("attn_implementation", c.attn_implementation, tuple(ATTENTION_FUNCTIONS))
-    for name in ("bias", "tie_embeddings", "local_global"):
+    check_number("norm_offset", c.norm_offset)
+    check_number("attn_scale", c.attn_scale, above=0, optional=True)
+    if c.norm_offset and c.norm != "rmsnorm":
+        raise ValueError(f"norm_offset: only RMSNorm takes an offset (Gemma's 1 + γ); got norm_offset="
+                         f"{c.norm_offset!r} with norm={c.norm!r}")
+    if c.qkv_bias is not None and not isinstance(c.qkv_bias, bool):
+        raise ValueError(f"qkv_bias: expected a bool or None; got {c.qkv_bias!r}")
+    for name in ("bias", "tie_embeddings", "local_global", "scale_embeddings"):
         if not isinstance(getattr(c, name), bool):
             raise ValueError(f"{name}: expected a bool; got {getattr(c, name)!r}")
     if c.head_dim is None and c.d_model % c.n_heads:
@@ -721,6 +754,9 @@ def _validate_resolved(c: ModelConfig) -> None:
     if relative != (implementation == "relative"):
         raise ValueError(f"attn_implementation: pos_encoding={c.pos_encoding!r} needs "
                          f"{'relative' if relative else 'sdpa, repeat_kv or eager'}; got {implementation!r}")
+    if relative and not math.isclose(c.attn_scale, 1.0 / math.sqrt(c.head_dim)):
+        raise ValueError(f"attn_scale: the relative attention function scales by 1/√head_dim = "
+                         f"{1.0 / math.sqrt(c.head_dim):.6g}; got {c.attn_scale!r}")
     if c.attn_softcap is not None and implementation != "eager":
         raise ValueError(f"attn_softcap: soft-capping needs attn_implementation='eager' (the fused kernel "
                          f"cannot cap the scores); got {implementation!r}")

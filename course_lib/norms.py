@@ -126,20 +126,29 @@ class LayerNorm(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """``rms_norm`` with a learned γ (ones) and no β, as in LLaMA: ``[..., d] → [..., d]``; ``p < 1``: pRMSNorm."""
+    """``rms_norm`` with a learned γ (ones) and no β, as in LLaMA: ``[..., d] → [..., d]``; ``p < 1``: pRMSNorm.
 
-    def __init__(self, d: int, eps: float = 1e-6, p: float = 1.0):
+    ``offset``: the scale is ``offset + weight`` (Gemma stores ``w`` and scales by ``1 + w``, with
+    ``w`` starting at 0); the sum is taken in fp32, as Gemma's reference code does, so that a
+    bf16 ``w`` near 0 keeps its precision. Default 0: the scale is the weight itself.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-6, p: float = 1.0, offset: float = 0.0):
         super().__init__()
         if not isinstance(d, int) or d < 1:
             raise ValueError(f"d: expected a positive int; got {d!r}")
-        self.d, self.eps, self.p = d, eps, p
-        self.weight = nn.Parameter(torch.ones(d))
+        if not isinstance(offset, (int, float)):
+            raise ValueError(f"offset: expected a number; got {offset!r}")
+        self.d, self.eps, self.p, self.offset = d, eps, p, float(offset)
+        self.weight = nn.Parameter(torch.full((d,), 1.0 - self.offset))     # the scale starts at 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps, self.p)
+        scale = self.weight if self.offset == 0 else self.weight.float() + self.offset
+        return rms_norm(x, scale, self.eps, self.p)
 
     def extra_repr(self) -> str:
-        return f"{self.d}, eps={self.eps}" + (f", p={self.p}" if self.p != 1 else "")
+        return (f"{self.d}, eps={self.eps}" + (f", p={self.p}" if self.p != 1 else "")
+                + (f", offset={self.offset:g}" if self.offset else ""))
 
 
 def residual_block(x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor], norm: Callable,

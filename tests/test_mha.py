@@ -205,7 +205,7 @@ def test_feedforward_is_linear_act_linear(activation):
 
 
 def test_feedforward_bad_input():
-    with pytest.raises(ValueError, match=r"activation: expected one of \('relu', 'gelu'\); got 'tanh'"):
+    with pytest.raises(ValueError, match=r"activation: expected one of \('relu', 'gelu', 'gelu_tanh'\); got 'tanh'"):
         FeedForward(4, activation="tanh")
     with pytest.raises(ValueError, match=r"d_ff: expected an integer ≥ 1; got 0"):
         FeedForward(4, d_ff=0)

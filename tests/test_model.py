@@ -62,6 +62,11 @@ def model_for(cfg: ModelConfig, seed: int = 0) -> DecoderLM:
         (dict(attn_softcap=50.0, attn_implementation="sdpa"), r"attn_softcap: soft-capping needs attn_implementation='eager'"),
         (dict(pos_encoding="relative", attn_implementation="sdpa"), r"attn_implementation: pos_encoding='relative' needs relative; got 'sdpa'"),
         (dict(pos_encoding="rope", head_dim=5, n_heads=4), r"head_dim: expected an even head_dim for RoPE"),
+        (dict(norm_offset=1.0), r"norm_offset: only RMSNorm takes an offset .*norm='layernorm'"),
+        (dict(attn_scale=0.0), r"attn_scale: expected None or a number > 0; got 0.0"),
+        (dict(qkv_bias=1), r"qkv_bias: expected a bool or None; got 1"),
+        (dict(scale_embeddings=1), r"scale_embeddings: expected a bool; got 1"),
+        (dict(pos_encoding="relative", attn_scale=0.5), r"attn_scale: the relative attention function scales by 1/√head_dim"),
     ],
 )
 def test_config_validation(kw, message):
@@ -100,6 +105,65 @@ def test_head_dim_need_not_divide_d_model():
     x = torch.randint(37, (2, 9))
     assert m(x).shape == (2, 9, 37)
     assert_no_leak(m, vocab=37)
+
+
+def test_qkv_bias_puts_biases_on_q_k_v_only():
+    """Qwen2: biases on the q, k, v projections and nowhere else (``bias=False, qkv_bias=True``)."""
+    m = DecoderLM(small(bias=False, qkv_bias=True, norm="rmsnorm"))
+    with_bias = sorted({n.split(".", 2)[2] for n, _ in m.named_parameters() if n.endswith("bias")})
+    assert with_bias == ["attn.k_proj.bias", "attn.q_proj.bias", "attn.v_proj.bias"]
+    assert small().qkv_bias is True and small(bias=False).qkv_bias is False      # None → bias
+    assert small(bias=False).replace(bias=True).qkv_bias is True                 # derived again
+
+
+def test_norm_offset_scales_by_one_plus_gamma():
+    """Gemma's RMSNorm: ``x / RMS(x) · (1 + γ)``, γ starting at 0, the sum taken in fp32."""
+    m = DecoderLM(small(norm="rmsnorm", norm_offset=1.0))
+    norm = m.blocks[0].norm1
+    assert torch.equal(norm.weight, torch.zeros(32))                              # the scale starts at 1
+    with torch.no_grad():
+        norm.weight.normal_(0, 0.5)
+    x = torch.randn(3, 32, dtype=torch.float64)
+    want = x / (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt() * (1 + norm.weight.double())
+    torch.testing.assert_close(norm.double()(x), want)
+    half = norm.to(torch.bfloat16)                                                # 1 + γ in fp32, not rounded in bf16
+    xb = x.to(torch.bfloat16)
+    ref = (xb.float() * torch.rsqrt(xb.float().pow(2).mean(-1, keepdim=True) + norm.eps)
+           * (1.0 + half.weight.float())).to(torch.bfloat16)
+    assert torch.equal(half(xb), ref)
+
+
+def test_scale_embeddings_multiplies_by_sqrt_d_model():
+    """Gemma: ``h⁰ = √d · E[x]``. With one layer and zero weights everywhere but the embeddings
+    and an identity head, the logits are the scaled embedding passed through the final norm —
+    so compare the residual stream directly through a hook."""
+    cfg = small(pos_encoding="none", n_layers=1)
+    plain, scaled = model_for(cfg), DecoderLM(cfg.replace(scale_embeddings=True)).eval()
+    scaled.load_state_dict(plain.state_dict())
+    seen = {}
+    for name, m in (("plain", plain), ("scaled", scaled)):
+        m.blocks[0].register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0]))
+        m(torch.tensor([[1, 2, 3]]))
+    torch.testing.assert_close(seen["scaled"], seen["plain"] * 32 ** 0.5)
+
+
+def test_attn_scale_is_the_factor_of_the_scores():
+    """``attn_scale`` replaces 1/√head_dim in every attention function (Gemma-2's 1/√256): a model
+    with head_dim 8 and attn_scale 20 equals the default one (1/√8) with W_q, b_q multiplied by 20·√8."""
+    ids = torch.randint(37, (2, 9), generator=torch.Generator().manual_seed(1))
+    for impl in ("sdpa", "repeat_kv", "eager"):
+        base = model_for(small(n_kv_heads=2, attn_implementation=impl))
+        assert abs(base.config.attn_scale - 8 ** -0.5) < 1e-15
+        scaled = DecoderLM(base.config.replace(attn_scale=20.0)).eval()
+        scaled.load_state_dict(base.state_dict())
+        ref = DecoderLM(base.config).eval()
+        state = base.state_dict()
+        for i in range(base.config.n_layers):                                    # fold the factor into W_q, b_q
+            for kind in ("weight", "bias"):
+                state[f"blocks.{i}.attn.q_proj.{kind}"] = state[f"blocks.{i}.attn.q_proj.{kind}"] * (20.0 * 8 ** 0.5)
+        ref.load_state_dict(state)
+        torch.testing.assert_close(scaled(ids), ref(ids), atol=ATOL, rtol=1e-4)
+        assert (scaled(ids) - base(ids)).abs().max() > 1e-3
 
 
 def test_norm_eps_reaches_every_norm():
@@ -145,6 +209,8 @@ def test_parameter_count_by_hand():
     dict(pos_encoding="none"), dict(d_ff=48, n_layers=3),
     dict(ffn="swiglu"), dict(ffn="geglu", bias=False, d_ff=40), dict(n_experts=4, top_k=2),
     dict(n_experts=3, top_k=1, ffn="swiglu", bias=False),
+    dict(bias=False, qkv_bias=True, norm="rmsnorm"), dict(bias=True, qkv_bias=False),
+    dict(norm="rmsnorm", norm_offset=1.0, norm_placement="sandwich", scale_embeddings=True, attn_scale=0.1),
 ])
 def test_parameter_count_formula(kw):
     cfg = small(**kw)
