@@ -35,6 +35,12 @@ from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyBboxPatch, Polygon, Rectangle
 
+from course_lib.masks import causal_mask, combine_masks, padding_mask
+from course_lib.moe import capacity_keep_mask, expert_capacity, top_k_gating
+from course_lib.positional import alibi_slopes
+from course_lib.sparse import (block_layout, dilated_window_mask, fixed_pattern, global_tokens_mask,
+                               sliding_window_mask, strided_pattern, union)
+
 __all__ = [
     "PALETTE",
     "A100",
@@ -494,7 +500,6 @@ def masks(T: int = 6, length: int = 4, T_new: int = 2) -> Figure:
     """
     import torch
 
-    from course_lib.masks import causal_mask, combine_masks, padding_mask
 
     _int("T", T, 2, 16)
     _int("length", length, 1, T)
@@ -844,7 +849,6 @@ def alibi(n_heads: int = 8, T: int = 6, heads: Sequence[int] | None = None) -> F
     The slopes ``m_h`` are :func:`course_lib.positional.alibi_slopes`; the cells show ``−(i − j)``,
     the colour the bias (darker: more negative); the future (``j > i``) is masked.
     """
-    from course_lib.positional import alibi_slopes
 
     nh = _int("n_heads", n_heads, 1, 64)
     _int("T", T, 2, 12)
@@ -948,7 +952,6 @@ def moe(n_tokens: int = 6, n_experts: int = 4, top_k: int = 2, capacity_factor: 
     """
     import torch
 
-    from course_lib.moe import capacity_keep_mask, expert_capacity, top_k_gating
 
     T = _int("n_tokens", n_tokens, 1, 10)
     n = _int("n_experts", n_experts, 1, 8)
@@ -1039,8 +1042,6 @@ def sparse_patterns(n: int = 16, window: int = 4, dilation: int = 2, global_idx:
     sliding window, dilated window, window + global tokens, strided and fixed (the Sparse
     Transformer's two heads A¹, A² in two colours), and the block layout of the strided pattern.
     """
-    from course_lib.sparse import (block_layout, dilated_window_mask, fixed_pattern, global_tokens_mask,
-                                   sliding_window_mask, strided_pattern, union)
 
     _int("n", n, 4, 32)
     _int("window", window, 1, n)

@@ -49,7 +49,8 @@ from pathlib import Path
 
 import torch
 
-from course_lib.model import DecoderLM, ModelConfig
+from course_lib.generation import generate, left_pad
+from course_lib.model import DecoderLM, ModelConfig, count_parameters, positions_from_mask
 
 __all__ = [
     "FAMILIES",
@@ -481,9 +482,6 @@ def compare_with_hf(hf_model, ours: DecoderLM, prompts, max_new_tokens: int = 8)
     "params": (ours by formula, HF's num_parameters())}``. HF gets the position ids of the
     padded rows (``positions_from_mask``), as its ``generate`` computes them.
     """
-    from course_lib.generation import generate, left_pad
-    from course_lib.model import count_parameters, positions_from_mask
-
     device = next(ours.parameters()).device
     ids, mask = left_pad(prompts, device=device)
     theirs = hf_model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits

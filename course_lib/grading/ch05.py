@@ -24,12 +24,14 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from course_lib.flash import (
     flash_attention_backward,
     flash_attention_forward,
     flash_attention_io,
     online_softmax_merge,
+    peak_memory,
     softmax_stats,
     standard_attention_io,
 )
@@ -287,10 +289,6 @@ def _check_tiled(flash_forward, g) -> None:
     measured here instead: the most memory alive at once (``course_lib.flash.peak_memory``) and the
     multiply-adds done (``torch.utils.flop_counter.FlopCounterMode``).
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from course_lib.flash import peak_memory
-
     N, d, Br, Bc = 256, 8, 32, 32
     q, k, v = (torch.randn(1, 1, N, d, generator=g) for _ in range(3))
     name = f"flash_forward(q [1,1,{N},{d}], Br={Br}, Bc={Bc})"
