@@ -14,8 +14,8 @@ add a third matrix ``W`` whose output multiplies the activated branch element-wi
     FFN_GLU(x) = (φ(x W_gate + b_gate) ⊗ (x W_up + b_up)) W_down + b_down
 
 The activation φ names the variant (:data:`GLU_VARIANTS`): sigmoid → GLU, identity →
-Bilinear, ReLU → ReGLU, GELU → GEGLU (Gemma: with GELU's tanh approximation), Swish = SiLU →
-SwiGLU (LLaMA, Mistral, Qwen2).
+Bilinear, ReLU → ReGLU, GELU → GEGLU (T5 v1.1; Gemma and Gemma-2 with GELU's tanh approximation,
+``"geglu_tanh"``), Swish = SiLU → SwiGLU (LLaMA, Mistral, Mixtral, Qwen2).
 The names ``gate_proj``, ``up_proj``, ``down_proj`` are those of LLaMA's ``LlamaMLP``: the
 activation is applied to the *gate* branch only.
 
@@ -95,7 +95,7 @@ GLU_VARIANTS = {
     "glu": torch.sigmoid,          # Dauphin et al. (2017)
     "bilinear": lambda x: x,       # no non-linearity: the product itself is the only one
     "reglu": F.relu,
-    "geglu": F.gelu,
+    "geglu": F.gelu,               # T5 v1.1
     "swiglu": F.silu,              # LLaMA, Mistral, Mixtral, Qwen2
     "geglu_tanh": gelu_tanh,       # Gemma, Gemma-2: GEGLU with the tanh approximation of GELU
 }

@@ -21,7 +21,7 @@ Tokens are rows: the functions below take ``x`` of shape ``[T, d_model]`` (flatt
   drops;
 * :func:`load_balancing_loss` — ``L = α · n · Σ_i f_i P_i`` (``f_i`` fraction of tokens routed to
   expert ``i``, ``P_i`` mean router probability of expert ``i``); equals ``α`` at perfect balance,
-  up to ``α · n`` when the router collapses onto one expert;
+  up to ``α · n / k`` when a top-``k`` router collapses (``α · n`` for top-1);
 * :class:`MoE` — the layer (experts are FFNs of :mod:`course_lib.ffn`, SwiGLU by default);
 * total vs active parameters of a Mixtral-shaped model: ``course_lib.model.count_parameters(config, active=True)``.
 """
@@ -123,10 +123,14 @@ def noisy_top_k_logits(x: torch.Tensor, w_gate: torch.Tensor, w_noise: torch.Ten
 
 
 def mix_uniform_noise(probs: torch.Tensor, alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The lecture's noisy probabilities ``(1 − α) · p + α · ε`` with ``ε ∈ [0, 1]^n``, ``Σ ε = 1``.
+    """Noisy probabilities ``(1 − λ) · p + λ · ε`` (``λ`` = ``alpha``), ``ε ∈ [0, 1]^n``, ``Σ ε = 1``.
+
+    A didactic form of routing noise, not a published method (Shazeer et al.'s noisy top-k,
+    :func:`noisy_top_k_logits`, is the published one); chapter 8 writes the weight as ``λ`` so it
+    is not confused with the balancing-loss weight ``α``.
 
     ``ε`` is drawn uniformly on the simplex (normalised exponentials = Dirichlet(1, …, 1)), so the
-    result is still a distribution. Too small an ``α`` does not stop a collapse; too large makes
+    result is still a distribution. Too small a ``λ`` does not stop a collapse; too large makes
     the routing random and the experts learn the same thing.
     """
     _check_logits("probs", probs)
@@ -269,8 +273,10 @@ def load_balancing_loss(probs: torch.Tensor, indices: torch.Tensor, alpha: float
 
     ``f_i`` (:func:`expert_fractions`) is a count and carries no gradient; ``P_i = mean_t p_i(x_t)``
     does, so the router is pushed to lower the probability of over-loaded experts. With uniform
-    routing ``Σ f_i P_i = 1/n`` and ``L = α``; a router that sends everything to one expert with
-    probability ≈ 1 gives ``L ≈ α · n``.
+    routing ``Σ f_i P_i = 1/n`` and ``L = α``. ``f`` is taken over the ``T·k`` assignments (it sums
+    to 1), so ``f_i ≤ 1/k`` and ``L ≤ α · n / k``: a collapsed top-1 router gives ``L ≈ α · n``, a
+    collapsed top-2 router ``L ≈ α · n / 2``. (Hugging Face's ``load_balancing_loss_func`` lets ``f``
+    sum to ``k`` instead, so its value at balance is ``k · α``.)
     """
     _check_logits("probs", probs)
     if indices.shape[0] != probs.shape[0]:
