@@ -151,3 +151,75 @@ def test_decode_step_passes(capsys):
 def test_decode_step_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch04.check_decode_step(wrong)
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def min_batch_ok(n_params, n_layers, n_heads, n_kv_heads, head_dim, context, bytes_per_elem, ridge, *,
+                 cache_heads=None, attention=True, kv=2, shared=True, none_as=None, off=0):
+    import math
+    cache = kv * n_layers * (cache_heads or n_kv_heads) * head_dim * context * bytes_per_elem
+    flops = 2 * n_params + (4 * n_layers * n_heads * head_dim * context if attention else 0)
+    weights = bytes_per_elem * n_params
+    if not shared:                       # weights read once per sequence: no batch ever helps
+        return none_as if flops <= ridge * (cache + weights) else 1
+    if flops <= ridge * cache:
+        return none_as
+    return math.ceil(ridge * weights / (flops - ridge * cache)) + off
+
+
+def test_min_batch_passes(capsys):
+    ch04.check_min_batch_compute_bound(min_batch_ok)
+    assert capsys.readouterr().out == "✓ min_batch_compute_bound: all 8 cases passed\n"
+
+
+def searched(*args, **kw):
+    """Right formula, but a search over batches 1 … 1000 only: misses the answers in the thousands."""
+    from course_lib.grading.ch04 import _step_intensity
+    *spec, ridge = args
+    for B in range(1, 1001):
+        if _step_intensity(B, *spec) >= ridge:
+            return B
+    return None
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "min_batch_compute_bound is not implemented yet"),
+    (lambda *a: min_batch_ok(*a, cache_heads=a[2]), "the cache counted with n_heads"),
+    (lambda *a: min_batch_ok(*a, attention=False), "the attention FLOPs .* are missing"),
+    (lambda *a: min_batch_ok(*a, kv=1), "the cache counted once"),
+    (lambda *a: min_batch_ok(*a, off=1), "off by one"),
+    (lambda *a: min_batch_ok(*a, none_as=10**9), "expected None — no batch gets there"),
+    (searched, "expected a batch of 1410; got None"),
+    (lambda *a: 2.5, "expected a whole batch size"),
+])
+def test_min_batch_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch04.check_min_batch_compute_bound(wrong)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def local_global_ok(n_layers, n_kv_heads, head_dim, tokens, window, batch, bytes_per_elem, *, n_local=None,
+                    held=None, kv=2):
+    per_token = kv * n_kv_heads * head_dim * batch * bytes_per_elem
+    n_local = (n_layers + 1) // 2 if n_local is None else n_local(n_layers)
+    held = min(tokens, window) if held is None else held(tokens, window)
+    return per_token * (n_local * held + (n_layers - n_local) * tokens)
+
+
+def test_local_global_passes(capsys):
+    ch04.check_local_global_cache_bytes(local_global_ok)
+    assert capsys.readouterr().out == "✓ local_global_cache_bytes: all 6 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "local_global_cache_bytes is not implemented yet"),
+    (lambda *a: local_global_ok(*a, n_local=lambda L: L), "every layer local \\(that is Mistral\\)"),
+    (lambda *a: local_global_ok(*a, n_local=lambda L: 0), "every layer global"),
+    (lambda *a: local_global_ok(*a, n_local=lambda L: L // 2), "layer 0 is local"),
+    (lambda *a: local_global_ok(*a, held=lambda t, w: w), "min\\(tokens, window\\)"),
+    (lambda *a: local_global_ok(*a, held=lambda t, w: min(t, w + 1)), "W slots, not W \\+ 1"),
+    (lambda *a: local_global_ok(*a, kv=1), "a factor 2 is missing"),
+])
+def test_local_global_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch04.check_local_global_cache_bytes(wrong)

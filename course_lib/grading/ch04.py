@@ -9,7 +9,11 @@ Tasks, in the order of the exercise notebook:
    ``n_rep`` times consecutively;
 3. ``kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, tokens, batch, bytes_per_elem)``;
 4. ``decode_step(attn, x_new, k_cache, v_cache, pos)`` — one cached decoding step of a
-   ``course_lib.model.CausalSelfAttention`` layer, equal to the last row of the uncached forward.
+   ``course_lib.model.CausalSelfAttention`` layer, equal to the last row of the uncached forward;
+5. (transfer) ``min_batch_compute_bound(n_params, n_layers, n_heads, n_kv_heads, head_dim, context,
+   bytes_per_elem, ridge)`` — the smallest batch whose decoding step reaches the ridge point, or None;
+6. (transfer) ``local_global_cache_bytes(n_layers, n_kv_heads, head_dim, tokens, window, batch,
+   bytes_per_elem)`` — Gemma-2's cache with rolling buffers on its local layers.
 
 References: ``torch.repeat_interleave``, ``course_lib.kv_cache.kv_cache_bytes`` and the layer's own
 uncached forward. A wrong answer is compared with the known wrong answers (position not advanced,
@@ -27,7 +31,8 @@ from course_lib.grading import call_student, expect_close, expect_number, expect
 from course_lib.kv_cache import kv_cache_bytes as reference_kv_cache_bytes
 from course_lib.model import CausalSelfAttention, ModelConfig
 
-__all__ = ["check_cache_update", "check_repeat_kv", "check_kv_cache_bytes", "check_decode_step"]
+__all__ = ["check_cache_update", "check_repeat_kv", "check_kv_cache_bytes", "check_decode_step",
+           "check_min_batch_compute_bound", "check_local_global_cache_bytes", "MIN_BATCH_CASES"]
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -212,3 +217,144 @@ def check_decode_step(decode_step_fn) -> None:
             raise AssertionError(f"{name}: columns other than pos were changed in the cache: write only column pos")
         expect_close(name, got, want, mistakes=mistakes, atol=1e-5, rtol=1e-4)
     passed("decode_step", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def _step_intensity(batch, n_params, n_layers, n_heads, n_kv_heads, head_dim, context, bytes_per_elem,
+                    *, cache_heads=None, attention_flops=True, factor_kv=2, weights_per_sequence=False):
+    """FLOP per byte of one decoding step (Chapter 4's model), with optional known mistakes."""
+    cache_heads = n_kv_heads if cache_heads is None else cache_heads
+    flops = 2 * n_params * batch + (4 * n_layers * n_heads * head_dim * context * batch if attention_flops else 0)
+    cache = batch * factor_kv * n_layers * cache_heads * head_dim * context * bytes_per_elem
+    weights = bytes_per_elem * n_params * (batch if weights_per_sequence else 1)
+    return flops / (weights + cache)
+
+
+def _min_batch(spec: dict, **mistake) -> int | None:
+    """The smallest batch whose decoding step reaches the ridge, or None: intensity grows with the batch
+    towards a limit (the weights' cost is shared, the cache's is not), which may lie below the ridge."""
+    ridge = spec["ridge"]
+    args = {k: spec[k] for k in ("n_params", "n_layers", "n_heads", "n_kv_heads", "head_dim", "context",
+                                 "bytes_per_elem")}
+    limit = _step_intensity(10 ** 12, **args, **mistake)
+    if limit < ridge:
+        return None
+    lo, hi = 1, 1
+    while _step_intensity(hi, **args, **mistake) < ridge:
+        hi *= 2
+    while lo < hi:                                   # the intensity grows with the batch: bisect
+        mid = (lo + hi) // 2
+        if _step_intensity(mid, **args, **mistake) >= ridge:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+MIN_BATCH_CASES = {
+    # name: n_params, n_layers, n_heads, n_kv_heads, head_dim, context, bytes_per_elem, ridge
+    "LLaMA-3-8B-shaped (GQA 32/8), context 512, A100 (ridge 208)": (8.03e9, 32, 32, 8, 128, 512, 2, 208),
+    "LLaMA-3-8B-shaped, context 4096, A100": (8.03e9, 32, 32, 8, 128, 4096, 2, 208),
+    "the same with MHA (32 K/V heads), context 512, a CPU (ridge 20)": (8.03e9, 32, 32, 32, 128, 512, 2, 20),
+    "MQA (1 K/V head), context 8192, ridge 100": (8.03e9, 32, 32, 1, 128, 8192, 2, 100),
+    "a 1B model (16 layers, 32/8 heads of 64), context 2048, fp32, ridge 50": (1.2e9, 16, 32, 8, 64, 2048, 4, 50),
+}
+
+
+def check_min_batch_compute_bound(min_batch_fn) -> None:
+    """Task 5: the smallest batch at which a decoding step reaches the ridge point, or None if none does."""
+    keys = ("n_params", "n_layers", "n_heads", "n_kv_heads", "head_dim", "context", "bytes_per_elem", "ridge")
+    g = torch.Generator().manual_seed(45)
+    cases = [(name, dict(zip(keys, values))) for name, values in MIN_BATCH_CASES.items()]
+    for i in range(3):                              # configurations the sheet does not print
+        L = int(torch.randint(8, 48, (1,), generator=g))
+        h = 8 * int(torch.randint(2, 8, (1,), generator=g))
+        hkv = [1, 2, 4, 8][int(torch.randint(0, 4, (1,), generator=g))]
+        ctx = 256 * int(torch.randint(1, 64, (1,), generator=g))
+        cases.append((f"an unseen configuration #{i + 1}", dict(n_params=float(L * 12 * (h * 128) ** 2), n_layers=L,
+                                                               n_heads=h, n_kv_heads=hkv, head_dim=128, context=ctx,
+                                                               bytes_per_elem=2, ridge=float(100 + 50 * i))))
+    for what, spec in cases:
+        name = f"min_batch_compute_bound({what})"
+        got = call_student(min_batch_fn, *(spec[k] for k in keys), name="min_batch_compute_bound")
+        want = _min_batch(spec)
+        if got is not None:
+            got_f = expect_number(name, got)
+            if got_f != int(got_f):
+                raise AssertionError(f"{name}: expected a whole batch size (an int) or None; got {got!r}")
+            got = int(got_f)
+        if got == want:
+            continue
+        if got is None:
+            raise AssertionError(
+                f"{name}: expected a batch of {want}; got None — the intensity's limit is above the ridge here. "
+                f"Likely causes: the cache counted with n_heads (only the K/V heads are cached), or a search over "
+                f"a fixed range of batch sizes instead of solving the inequality")
+        mistakes = {
+            "the cache counted with n_heads: only the K/V heads are cached": dict(cache_heads=spec["n_heads"]),
+            "the attention FLOPs (4 · n_layers · n_heads · head_dim · context per sequence) are missing":
+                dict(attention_flops=False),
+            "the cache counted once: keys AND values, a factor 2": dict(factor_kv=1),
+            "the weights counted once per sequence: they are read once per step and shared by the whole batch":
+                dict(weights_per_sequence=True),
+        }
+        for message, mistake in mistakes.items():
+            alt = _min_batch(spec, **mistake)
+            if got == alt and alt != want:
+                raise AssertionError(f"{name}: {message}")
+        if want is None:
+            raise AssertionError(
+                f"{name}: expected None — no batch gets there: as the batch grows the weights' bytes are shared "
+                f"but every sequence brings its own cache, so the intensity rises only towards a limit below the "
+                f"ridge; got {got}")
+        if got in (want - 1, want + 1):
+            raise AssertionError(f"{name}: off by one: the smallest batch with intensity ≥ ridge is {want}; got {got}")
+        raise AssertionError(f"{name}: expected {want}; got {got}")
+    passed("min_batch_compute_bound", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _local_global_bytes(n_layers, n_kv_heads, head_dim, tokens, window, batch, bytes_per_elem, *,
+                        n_local=None, held_local=None, held_global=None):
+    n_local = (n_layers + 1) // 2 if n_local is None else n_local        # layers 0, 2, 4, … are local
+    held_local = min(tokens, window) if held_local is None else held_local
+    held_global = tokens if held_global is None else held_global
+    per_token = 2 * n_kv_heads * head_dim * batch * bytes_per_elem
+    return per_token * (n_local * held_local + (n_layers - n_local) * held_global)
+
+
+def check_local_global_cache_bytes(cache_bytes_fn) -> None:
+    """Task 6: Gemma-2's cache: rolling buffers of ``window`` slots on the local layers (0, 2, 4, …)."""
+    cases = [  # n_layers, n_kv_heads, head_dim, tokens, window, batch, bytes_per_elem
+        (42, 8, 256, 8192, 4096, 1, 2),     # Gemma-2 9B, as Chapter 13 computes it
+        (26, 4, 256, 8192, 4096, 2, 2),     # Gemma-2 2B shaped
+        (7, 2, 64, 1000, 256, 3, 4),        # an odd number of layers: one more local layer than global
+        (5, 1, 32, 100, 256, 1, 2),         # fewer tokens than the window: the buffers are not full
+        (9, 2, 16, 300, 300, 2, 2),         # exactly a window of tokens
+        (1, 2, 8, 50, 16, 1, 2),            # a single (local) layer
+    ]
+    for L, hkv, d, tokens, W, B, nb in cases:
+        name = f"local_global_cache_bytes(n_layers={L}, tokens={tokens}, window={W})"
+        got = expect_number(name, call_student(cache_bytes_fn, L, hkv, d, tokens, W, B, nb,
+                                               name="local_global_cache_bytes"))
+        args = (L, hkv, d, tokens, W, B, nb)
+        want = _local_global_bytes(*args)
+        if got == want:
+            continue
+        mistakes = {
+            "every layer local (that is Mistral): Gemma-2 alternates, the odd layers are global and keep every token":
+                _local_global_bytes(*args, n_local=L),
+            "every layer global: the local layers only need their last window tokens (a rolling buffer)":
+                _local_global_bytes(*args, n_local=0),
+            "local layers counted as ⌊n_layers / 2⌋: layer 0 is local, so ⌈n_layers / 2⌉ of them are":
+                _local_global_bytes(*args, n_local=L // 2),
+            "a local layer holds min(tokens, window) tokens, not always the full window":
+                _local_global_bytes(*args, held_local=W),
+            "a window of W keys needs W slots, not W + 1": _local_global_bytes(*args, held_local=min(tokens, W + 1)),
+            "keys and values: a factor 2 is missing": want / 2,
+        }
+        for message, alt in mistakes.items():
+            if alt != want and got == alt:
+                raise AssertionError(f"{name}: {message}")
+        raise AssertionError(f"{name}: expected {want:,} bytes; got {got:,.0f}")
+    passed("local_global_cache_bytes", len(cases))
