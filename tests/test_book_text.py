@@ -40,7 +40,7 @@ def _texts() -> list[tuple[str, str]]:
                 source = cell["source"]
                 out.append((f"{folder}/{path.name} [cell {i}]",
                             "".join(source) if isinstance(source, list) else source))
-    for path in sorted((ROOT / "book").rglob("*.md")) + [ROOT / "index.md", ROOT / "README.md"]:
+    for path in sorted((ROOT / "book").rglob("*.md")):
         if path.is_file():
             out.append((str(path.relative_to(ROOT)), path.read_text(encoding="utf-8")))
     return out
