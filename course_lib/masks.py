@@ -37,6 +37,8 @@ __all__ = [
     "causal_mask",
     "padding_mask",
     "combine_masks",
+    "document_mask",
+    "document_position_ids",
     "to_additive",
     "to_boolean",
     "fully_masked_rows",
@@ -142,6 +144,48 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor:
     for m in masks[1:]:
         out &= m
     return out
+
+
+def _as_doc_lengths(doc_lengths) -> torch.Tensor:
+    doc_lengths = _as_lengths(doc_lengths)
+    if doc_lengths.numel() == 0 or int(doc_lengths.min()) < 1:
+        raise ValueError(f"doc_lengths: expected at least one document, each of length ≥ 1; got {doc_lengths.tolist()}")
+    return doc_lengths
+
+
+def document_mask(doc_lengths, *, causal: bool = True, device=None) -> torch.Tensor:
+    """``[T, T]`` boolean mask for documents packed back to back into one row of ``T = sum(doc_lengths)``.
+
+    Query i may attend to key j only if both lie in the same document (block-diagonal) and, with
+    ``causal``, j ≤ i. Pre-training packs short documents into one long row this way so that no
+    padding is wasted and no document sees another (FlashAttention's "varlen" kernels take the same
+    information as cumulative lengths). Use it with :func:`document_position_ids`.
+
+    Args:
+        doc_lengths: ``[n_docs]`` positive integers (tensor or list), in packing order.
+        causal: also apply the causal mask inside each document.
+    Returns:
+        ``[T, T]`` bool; combine with a key padding mask through :func:`combine_masks`.
+    """
+    doc_lengths = _as_doc_lengths(doc_lengths)
+    device = doc_lengths.device if device is None else device
+    doc = torch.repeat_interleave(torch.arange(len(doc_lengths), device=device), doc_lengths.to(device))  # [T]
+    mask = doc[:, None] == doc[None, :]
+    return mask & causal_mask(len(doc), device=device) if causal else mask
+
+
+def document_position_ids(doc_lengths, *, device=None) -> torch.Tensor:
+    """``[T]`` position of each packed token inside its own document: ``0, 1, …`` restarting at each one.
+
+    With these positions a packed row gives every document the same position embeddings (or
+    rotations) as when it is run on its own.
+    """
+    doc_lengths = _as_doc_lengths(doc_lengths)
+    device = doc_lengths.device if device is None else device
+    lengths = doc_lengths.to(device)
+    starts = torch.cumsum(lengths, 0) - lengths                                            # [n_docs]
+    T = int(lengths.sum())
+    return torch.arange(T, device=device) - torch.repeat_interleave(starts, lengths)
 
 
 def to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32, *, use_inf: bool = False) -> torch.Tensor:

@@ -350,3 +350,41 @@ def test_bert_embeddings_is_layernorm_of_the_sum():
 def test_bert_embeddings_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call(BertEmbeddings(30, 8, max_position=12))
+
+
+# ------------------------------------------------------------------------ packed documents
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=5))
+def test_document_mask_is_block_diagonal_causal(doc_lengths):
+    from course_lib.masks import document_mask, document_position_ids
+    T = sum(doc_lengths)
+    mask, full = document_mask(doc_lengths), document_mask(doc_lengths, causal=False)
+    pos = document_position_ids(doc_lengths)
+    doc = [d for d, n in enumerate(doc_lengths) for _ in range(n)]
+    want = torch.tensor([[doc[i] == doc[j] and j <= i for j in range(T)] for i in range(T)])
+    assert mask.shape == (T, T) and torch.equal(mask, want)
+    assert torch.equal(full, torch.tensor([[doc[i] == doc[j] for j in range(T)] for i in range(T)]))
+    starts = [sum(doc_lengths[:d]) for d in range(len(doc_lengths))]
+    assert pos.tolist() == [i - starts[doc[i]] for i in range(T)]
+
+
+def test_packed_attention_equals_separate_runs():
+    from course_lib.masks import document_mask
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 5, 2]
+    q, k, v = (torch.randn(1, 2, sum(lengths), 8, generator=g, dtype=torch.float64) for _ in range(3))
+    packed = scaled_dot_product_attention(q, k, v, document_mask(lengths))
+    start = 0
+    for n in lengths:
+        sl = slice(start, start + n)
+        alone = F.scaled_dot_product_attention(q[..., sl, :], k[..., sl, :], v[..., sl, :], is_causal=True)
+        torch.testing.assert_close(packed[..., sl, :], alone)
+        start += n
+
+
+@pytest.mark.parametrize("bad, message", [(torch.tensor([], dtype=torch.long), "at least one document"), ([3, 0], "at least one document"),
+                                          ([[1, 2]], "1-D"), ([1.5], "integer")])
+def test_document_mask_bad_input(bad, message):
+    from course_lib.masks import document_mask, document_position_ids
+    for fn in (document_mask, document_position_ids):
+        with pytest.raises(ValueError, match=message):
+            fn(bad)
