@@ -28,9 +28,11 @@ for every sequence from :data:`ICL_FUNCTIONS` (:func:`icl_batch`, :func:`icl_pro
 trained on them predicts ``f(x_q)`` better the more examples precede the query, as an ideal learner
 that knows the family does (:func:`ideal_icl_accuracy`).
 
-**Data** (offline): documents are standard-library files (:func:`load_documents`); the
-classification task asks which of :data:`CLASSIFICATION_FILES` (modules *outside* the
-pre-training corpus of ``course_lib.data``) a line of code comes from (:func:`module_lines`).
+**Data** (offline): documents are standard-library files (:func:`load_documents`). Two
+classification tasks on lines of :data:`CLASSIFICATION_FILES` (modules *outside* the pre-training
+corpus of ``course_lib.data``): is a line real code or are its words shuffled
+(:func:`acceptability_lines`, like CoLA's grammatical acceptability), and which module does a line
+come from (:func:`module_lines`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ __all__ = [
     "load_documents",
     "document_sentences",
     "module_lines",
+    "acceptability_lines",
     "encode_batch",
     "few_shot_prompt",
     "icl_prompt",
@@ -270,6 +273,16 @@ class BertForPreTraining(nn.Module):
         self.mlm_bias = nn.Parameter(torch.zeros(vocab_size))
         self.pooler = nn.Sequential(nn.Linear(d, d), nn.Tanh())
         self.nsp_head = nn.Linear(d, 2)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """BERT's initialisation: weights ~ N(0, 0.02²), biases 0 (PyTorch's default N(0, 1)
+        embeddings would start the tied MLM logits at a loss of ~20 nats)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -408,6 +421,35 @@ def module_lines(files=CLASSIFICATION_FILES, *, min_chars: int = 16, max_chars: 
             if s not in seen:
                 seen.add(s)
                 out.append((s, label))
+    return out
+
+
+def acceptability_lines(files=CLASSIFICATION_FILES, *, min_words: int = 4, max_chars: int = 40, seed: int = 0,
+                        root: str | Path | None = None) -> list[tuple[str, int]]:
+    """A CoLA-like task on code: is this a real line of Python (1) or one with its words shuffled (0)?
+
+    Every distinct stripped line of ``files`` with at least ``min_words`` space-separated words and
+    at most ``max_chars`` characters appears once, either as it is or — with probability 1/2 — with
+    its words in a random different order (same characters, broken syntax). Returns
+    ``(line, label)`` in file order; no line appears in both forms.
+    """
+    check_int("min_words", min_words, 2)
+    rng = random.Random(seed)
+    docs = load_documents(files, root)
+    out, seen = [], set()
+    for name in files:
+        for s in document_sentences(docs.get(name, ""), 1):
+            words = s.split(" ")
+            if len(words) < min_words or len(s) > max_chars or s in seen or len(set(words)) < 2:
+                continue
+            seen.add(s)
+            if rng.random() < 0.5:
+                out.append((s, 1))
+                continue
+            shuffled = words[:]
+            while shuffled == words:
+                rng.shuffle(shuffled)
+            out.append((" ".join(shuffled), 0))
     return out
 
 
