@@ -398,9 +398,11 @@ def load_documents(files=STDLIB_FILES, root: str | Path | None = None) -> dict[s
     return docs
 
 
-def document_sentences(text: str, min_chars: int = 12) -> list[str]:
-    """A document's "sentences": its stripped lines with at least ``min_chars`` characters, in order."""
-    return [s for s in (line.strip() for line in text.splitlines()) if len(s) >= min_chars]
+def document_sentences(text: str, min_chars: int = 12, *, keep_indent: bool = False) -> list[str]:
+    """A document's "sentences": its lines with at least ``min_chars`` characters besides white space,
+    in order; stripped, or with their indentation kept (``keep_indent``: only trailing space removed)."""
+    return [line.rstrip() if keep_indent else line.strip() for line in text.splitlines()
+            if len(line.strip()) >= min_chars]
 
 
 def module_lines(files=CLASSIFICATION_FILES, *, min_chars: int = 16, max_chars: int = 48,

@@ -61,7 +61,7 @@ SETTINGS = {
     "finetune": {"task": "acceptability", "n_labels": [16, 64, 256], "n_test_per_class": 150, "max_chars": 40,
                  "steps": 80,
                  "batch_size": 16, "lr": 1e-3, "lam": 0.5, "seeds": [0]},
-    "bert": {"variants": ["MLM + NSP"], "steps": 1200, "batch_size": 32, "max_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
+    "bert": {"variants": ["MLM + NSP"], "steps": 3000, "batch_size": 32, "max_len": 64, "d_model": 64, "n_layers": 2, "n_heads": 4,
              "lr": 2e-3, "n_eval_pairs": 2000, "seed": 0},
     "icl": {"n_examples": 16, "steps": 2000, "batch_size": 64, "d_model": 64, "n_layers": 3, "n_heads": 4,
             "lr": 1e-3, "n_eval": 4000, "seed": 0},
@@ -218,7 +218,7 @@ def bert_documents(tok):
     """``(train_docs, eval_docs)``: per corpus file, the encoded lines of its first 90% / last 10%."""
     train, held = [], []
     for text in P.load_documents().values():
-        sents = [tok.encode(x) for x in P.document_sentences(text)]
+        sents = [tok.encode(x) for x in P.document_sentences(text, keep_indent=True)]   # indentation: a cue to order
         cut = int(len(sents) * 0.9)
         if cut >= 2 and len(sents) - cut >= 2:
             train.append(sents[:cut])
