@@ -345,8 +345,9 @@ def plot_results(name: str, results: dict, ax=None):
         for m, accs in results["accuracy"].items():
             ax.plot([int(n) for n in accs], list(accs.values()), "o-", label=m)
         ax.axhline(results["chance"], color="gray", ls=":", label="chance")
-        ax.set(xscale="log", xlabel="labelled examples", ylabel="test accuracy",
-               title="which module is this line from?")
+        title = {"acceptability": "a real line of code, or its words shuffled?",
+                 "module": "which module is this line from?"}[results.get("task", "module")]
+        ax.set(xscale="log", xlabel="labelled examples", ylabel="test accuracy", title=title)
         ax.set_xticks(results["n_labels"], [str(n) for n in results["n_labels"]])
         ax.minorticks_off()
     elif name == "bert":
@@ -373,6 +374,17 @@ def plot_results(name: str, results: dict, ax=None):
     return fig
 
 
+def save_figure(name: str, results: dict, path) -> None:
+    """The command's figure, titled with its command and wall time (``--replot`` redraws it from the JSON)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = plot_results(name, results)
+    fig.suptitle(f"{results['meta']['command']} — {results['meta']['wall_seconds']:.0f} s", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 # ----------------------------------------------------------------------------- command line
 RUNS = {"finetune": run_finetune, "bert": run_bert, "icl": run_icl}
 
@@ -385,8 +397,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: see SETTINGS)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", default=None, help=f"output directory (default {RESULTS_DIR})")
+    parser.add_argument("--replot", action="store_true", help="redraw the figure from the saved JSON, run nothing")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.replot:
+        out = RESULTS_DIR if args.out is None else Path(args.out)
+        results = load_results(args.name, out / f"pretraining_{args.name}.json")
+        save_figure(args.name, results, out / f"pretraining_{args.name}.png")
+        return results
     s = dict((QUICK if args.quick else SETTINGS)[args.name])
     if args.steps is not None:
         s["steps"] = args.steps
@@ -404,13 +422,7 @@ def main(argv=None) -> dict:
     out = RESULTS_DIR if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"pretraining_{args.name}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    fig = plot_results(args.name, results)
-    fig.suptitle(f"{results['meta']['command']} — {results['meta']['wall_seconds']:.0f} s", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / f"pretraining_{args.name}.png", dpi=110)
+    save_figure(args.name, results, out / f"pretraining_{args.name}.png")
     print(f"saved {out / f'pretraining_{args.name}.json'} ({results['meta']['wall_seconds']:.0f} s)")
     return results
 
