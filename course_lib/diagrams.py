@@ -64,6 +64,7 @@ __all__ = [
     "mixed_precision_loop",
     "triton_grid",
     "architectures",
+    "pretraining_objectives",
 ]
 
 # ----------------------------------------------------------------------------- palette
@@ -1253,4 +1254,69 @@ def architectures(models: Sequence[str] = ("GPT-2", "LLaMA-3", "Mistral / Mixtra
         _title(ax, x, H - 0.2, name, fontsize=_FONT)
     ax.text(W / 2, 0.12, "red edge: what the model changed against the column to its left", ha="center",
             va="center", fontsize=_FONT - 1, color=PALETTE["new"])
+    return fig
+
+
+# ----------------------------------------------------------------------------- Chapter 14
+def pretraining_objectives(n_tokens: int = 6, masked: Sequence[int] = (1, 4), split: int = 3) -> Figure:
+    """The three self-supervised objectives of Chapter 14, on one sentence of ``n_tokens`` tokens.
+
+    GPT's language modelling (L1): position ``t`` sees tokens ``1 … t`` and predicts ``x_{t+1}``.
+    BERT's masked language modelling: the positions in ``masked`` (0-based) are hidden behind
+    ``[MASK]`` and predicted from both sides. BERT's next-sentence prediction: ``[CLS] A [SEP] B [SEP]``
+    with segment A = tokens ``1 … split``, and the ``[CLS]`` output says IsNext / NotNext.
+    """
+    n = _int("n_tokens", n_tokens, 2, 10)
+    if not isinstance(masked, (list, tuple)) or not masked:
+        raise ValueError(f"masked: expected a non-empty list of positions in [0, {n}); got {masked!r}")
+    hidden = sorted({_int("masked", m, 0, n - 1) for m in masked})
+    a = _int("split", split, 1, n - 1)
+    W, H = 8.0, 5.4
+    fig, ax = _canvas(W, H)
+    x0, step, bw, bh = 2.25, min(0.62, 5.2 / (n + 3)), 0.5, 0.34
+    bw = min(bw, step - 0.08)
+
+    # 1. GPT: causal language modelling
+    y = H - 1.05
+    _title(ax, 0.95, y + 0.55, "GPT: language\nmodelling (L1)", fontsize=_FONT)
+    for t in range(n):
+        x = x0 + t * step
+        _box(ax, x, y, bw, bh, f"$x_{{{t + 1}}}$", "embed", fontsize=_FONT - 1)
+        if t < n - 1:
+            _box(ax, x, y + 0.62, bw, bh, f"$x_{{{t + 2}}}$", "q", fontsize=_FONT - 1)
+            _arrow(ax, (x, y + bh / 2), (x, y + 0.62 - bh / 2))
+    ax.text(x0 + n * step, y + 0.3, "position $t$ sees $x_1 … x_t$\nand predicts $x_{t+1}$",
+            ha="left", va="center", fontsize=_FONT - 1)
+
+    # 2. BERT: masked language modelling
+    y = H - 2.75
+    _title(ax, 0.95, y + 0.55, "BERT: masked\nlanguage model", fontsize=_FONT)
+    for t in range(n):
+        x = x0 + t * step
+        if t in hidden:
+            _box(ax, x, y, bw, bh, "[M]", "blocked", fontsize=_FONT - 2, tint=0.35)
+            _box(ax, x, y + 0.62, bw, bh, f"$x_{{{t + 1}}}$", "q", fontsize=_FONT - 1)
+            _arrow(ax, (x, y + bh / 2), (x, y + 0.62 - bh / 2))
+        else:
+            _box(ax, x, y, bw, bh, f"$x_{{{t + 1}}}$", "embed", fontsize=_FONT - 1)
+    ax.text(x0 + n * step, y + 0.3, f"{len(hidden)} of {n} hidden, predicted\nfrom both sides (BERT:\n"
+            "15% of tokens; 80% [M],\n10% random, 10% kept)", ha="left", va="center", fontsize=_FONT - 1)
+
+    # 3. BERT: next-sentence prediction
+    y = 0.75
+    _title(ax, 0.95, y + 0.55, "BERT: next-\nsentence prediction", fontsize=_FONT)
+    seq = ["[CLS]"] + [f"$a_{{{i + 1}}}$" for i in range(a)] + ["[SEP]"] + \
+          [f"$b_{{{i + 1}}}$" for i in range(n - a)] + ["[SEP]"]
+    seg = ["A"] * (a + 2) + ["B"] * (n - a + 1)
+    step3 = min(step, 5.5 / len(seq))
+    bw3 = min(bw, step3 - 0.06)
+    for t, (tok, sg) in enumerate(zip(seq, seg)):
+        x = x0 + t * step3
+        color = "k" if sg == "A" else "v"
+        _box(ax, x, y, bw3, bh, tok, color, fontsize=_FONT - 3 if tok.startswith("[") else _FONT - 1)
+        ax.text(x, y - 0.32, sg, ha="center", va="center", fontsize=_FONT - 2, color=PALETTE["muted"])
+    _box(ax, x0 + 0.35, y + 0.7, 1.25, bh, "IsNext / NotNext", "score", fontsize=_FONT - 2)
+    _arrow(ax, (x0, y + bh / 2), (x0, y + 0.7 - bh / 2))
+    ax.text(x0 + 1.1, y + 0.7, "from the [CLS] output; B is the true next sentence half of the time",
+            ha="left", va="center", fontsize=_FONT - 1)
     return fig

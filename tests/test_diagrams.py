@@ -366,6 +366,10 @@ BAD = [
     ("mixed_precision_loop", dict(growth_interval=0), "growth_interval"),
     ("triton_grid", dict(block_size=6), "block_size"),
     ("triton_grid", dict(n_elements=0), "n_elements"),
+    ("pretraining_objectives", dict(n_tokens=1), "n_tokens"),
+    ("pretraining_objectives", dict(masked=()), "masked"),
+    ("pretraining_objectives", dict(masked=(6,)), "masked"),
+    ("pretraining_objectives", dict(split=6), "split"),
     ("architectures", dict(models=("GPT-3",)), "models"),
 ]
 
@@ -390,3 +394,15 @@ def test_every_chapter_draws_a_diagram(path):
         assert not c.get("outputs"), "lecture notebooks are stored without outputs"
         for name in re.findall(r"diagrams\.(\w+)\(", "".join(c["source"])):
             assert name in FUNCTIONS, name
+
+
+def test_pretraining_objectives_hides_what_it_says_and_predicts_the_next_token():
+    for n, masked, split in [(6, (1, 4), 3), (10, (0, 9), 1), (3, (2,), 2)]:
+        fig = D.pretraining_objectives(n, masked, split)
+        s = texts(fig)
+        assert s.count("[M]") == len(set(masked))                          # one [MASK] box per hidden position
+        assert s.count("[CLS]") == 1 and s.count("[SEP]") == 2 and "IsNext / NotNext" in s
+        targets = [t for t in s if t.startswith("$x_{")]
+        # GPT row: inputs x_1 … x_n and targets x_2 … x_n; MLM row: n inputs minus the hidden + the hidden targets
+        assert len(targets) == n + (n - 1) + n
+        assert s.count("A") == split + 2 and s.count("B") == n - split + 1   # segment labels
