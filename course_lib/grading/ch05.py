@@ -24,7 +24,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from course_lib.flash import (
     flash_attention_backward,
@@ -289,6 +288,10 @@ def _check_tiled(flash_forward, g) -> None:
     measured here instead: the most memory alive at once (``course_lib.flash.peak_memory``) and the
     multiply-adds done (``torch.utils.flop_counter.FlopCounterMode``).
     """
+    # Imported here, not at the top: torch.utils.flop_counter imports triton, and nothing in course_lib may
+    # import triton before course_lib.triton_kernels has chosen between compiling and interpreting.
+    from torch.utils.flop_counter import FlopCounterMode
+
     N, d, Br, Bc = 256, 8, 32, 32
     q, k, v = (torch.randn(1, 1, N, d, generator=g) for _ in range(3))
     name = f"flash_forward(q [1,1,{N},{d}], Br={Br}, Bc={Bc})"
