@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from course_lib.masks import causal_mask
 from course_lib.utils import check_floating, check_int, check_tensor
 
 __all__ = [
@@ -311,7 +312,7 @@ def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     if h % h_kv:
         raise ValueError(f"k: expected a number of K/V heads dividing the {h} query heads; got shape {tuple(k.shape)}")
     if is_causal and (T != S or h_kv != h):     # torch's is_causal is top-left aligned: spell the mask out
-        mask, is_causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None], False
+        mask, is_causal = causal_mask(T, S, device=q.device)[None, None], False
     if h_kv == h:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
                                               scale=scale)

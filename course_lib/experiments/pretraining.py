@@ -85,6 +85,25 @@ def _lr(step, steps, lr):
     return lr * min(1.0, (step + 1) / warm) * (1 - 0.9 * max(0, step - warm) / max(1, steps - warm))
 
 
+def _optimise(params, steps: int, lr: float, step_loss):
+    """The three commands' training loop: AdamW, :func:`_lr`'s schedule, gradients clipped at 1.
+
+    ``step_loss(step)`` returns the loss of one batch (a tensor, or a dict whose ``"loss"`` is
+    minimised); the loop yields ``(step, that value)`` after each update, for the caller to record.
+    """
+    params = list(params)
+    opt = _opt(params, lr)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr)
+        out = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        (out["loss"] if isinstance(out, dict) else out).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        yield step, out
+
+
 # ----------------------------------------------------------------------------- (a) fine-tuning
 def classification_data(task: str, n_test_per_class: int, max_chars: int = 48, seed: int = 0):
     """``(pool, test)``: lists of ``(line, label)`` of ``task`` (a key of :data:`TASKS`); the test set
@@ -157,23 +176,17 @@ def fine_tune(clf, ids, att, y, *, steps, batch_size, lr, objective="L2", lam=0.
     if frozen:                                              # a linear probe: no gradient into the body
         clf.transformer.requires_grad_(False)
     params = [p for p in clf.parameters() if p.requires_grad]
-    opt = _opt(params, lr)
-    history = []
     clf.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr)
+
+    def step_loss(step):
         idx = torch.randint(len(y), (min(batch_size, len(y)),), generator=g)
         b_ids, b_att = ids[idx], att[idx]
         keep = b_att.sum(0) > 0                             # drop columns that are padding in every row
         b_ids, b_att = b_ids[:, keep], b_att[:, keep]
         lm_logits, logits = clf(b_ids, b_att)
-        loss = P.gpt_objectives(lm_logits, logits, b_ids, y[idx], b_att, lam=lam)[objective]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        history.append(loss.item())
+        return P.gpt_objectives(lm_logits, logits, b_ids, y[idx], b_att, lam=lam)[objective]
+
+    history = [loss.item() for _, loss in _optimise(params, steps, lr, step_loss)]
     clf.eval()
     return history
 
@@ -250,23 +263,19 @@ def run_bert(s: dict, log=print) -> dict:
         set_seed(s["seed"])
         model = P.BertForPreTraining(V, d_model=s["d_model"], n_layers=s["n_layers"], n_heads=s["n_heads"],
                                      max_position=s["max_len"])
-        opt = _opt(model.parameters(), s["lr"])
         g = torch.Generator().manual_seed(s["seed"])
         curve = []
         model.train()
-        for step in range(s["steps"]):
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, s["steps"], s["lr"])
+
+        def step_loss(step):
             ids, seg, att, nxt = P.collate_pairs(P.nsp_pairs(train_docs, s["batch_size"], seed=step),
                                                  cls_id=sp["[CLS]"], sep_id=sp["[SEP]"], max_len=s["max_len"])
             inp, lab = P.mlm_batch(ids, att, mask_token_id=sp["[MASK]"], vocab_size=V, special_token_ids=special,
                                    generator=g)
             mlm, nsp = model(inp, seg, att)
-            losses = P.bert_pretraining_loss(mlm, nsp if use_nsp else None, lab, nxt)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            return P.bert_pretraining_loss(mlm, nsp if use_nsp else None, lab, nxt)
+
+        for step, losses in _optimise(model.parameters(), s["steps"], s["lr"], step_loss):
             if step % max(1, s["steps"] // 20) == 0 or step == s["steps"] - 1:
                 curve.append([step, round(losses["mlm"].item(), 4)])
         model.eval()
@@ -294,20 +303,16 @@ def run_icl(s: dict, log=print) -> dict:
     config = ModelConfig(vocab_size=P.ICL_N, d_model=s["d_model"], n_layers=s["n_layers"], n_heads=s["n_heads"],
                          max_seq_len=2 * K)
     model = DecoderLM(config)
-    opt = _opt(model.parameters(), s["lr"])
     g = torch.Generator().manual_seed(s["seed"])
     curve = []
     model.train()
-    for step in range(s["steps"]):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, s["steps"], s["lr"])
+
+    def step_loss(step):
         ids, _ = P.icl_batch(s["batch_size"], K, g)
         logits = model(ids)[:, 0::2]                        # the columns of x_{k+1}: they predict f(x_{k+1})
-        loss = F.cross_entropy(logits.reshape(-1, P.ICL_N), ids[:, 1::2].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        return F.cross_entropy(logits.reshape(-1, P.ICL_N), ids[:, 1::2].reshape(-1))
+
+    for step, loss in _optimise(model.parameters(), s["steps"], s["lr"], step_loss):
         if step % max(1, s["steps"] // 20) == 0 or step == s["steps"] - 1:
             curve.append([step, round(loss.item(), 4)])
     model.eval()
