@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,59 @@ def test_students_work_in_an_ignored_workspace_and_every_page_says_so(tmp_path):
     assert (tmp_path / "workspace" / EXERCISES[0].name).read_text() == "my work"
     assert sorted(p.name for p in (tmp_path / "workspace").glob("*.ipynb")) == [p.name for p in EXERCISES]
     assert json.loads((tmp_path / "workspace" / EXERCISES[1].name).read_text())["cells"]
+
+
+# ----------------------------------------------------------------------------- what a sheet asks (issue 16)
+TASK_HEADING = re.compile(
+    r"^## Task (?P<n>\d+) — .+ \((?P<kind>warm-up|transfer), (?P<points>\d+) points?, (?P<stars>★{1,3}), "
+    r"(?P<minutes>\d+) min\)$")
+TOTAL = re.compile(r"Total: (?P<points>\d+) points, about (?P<lo>\d+)–(?P<hi>\d+) minutes")
+
+
+def sheet_tasks(nb) -> list[dict]:
+    """The tasks of a solution, in order: heading fields, the markdown above the answer, answer tags, points."""
+    found: list[dict] = []
+    for cell in nb.cells:
+        first = cell.source.splitlines()[0] if cell.source else ""
+        if cell.cell_type == "markdown" and first.startswith("## Task"):
+            match = TASK_HEADING.match(first)
+            assert match, f"task heading not in the form '## Task N — title (warm-up|transfer, P points, ★…, M min)': {first!r}"
+            found.append(dict(match.groupdict(), text=cell.source, answers=[], checked=0.0))
+        elif found and cell.cell_type == "markdown" and not first.startswith("## Task"):
+            if not found[-1]["answers"]:
+                found[-1]["text"] += "\n" + cell.source
+        elif found and is_answer(cell):
+            found[-1]["answers"].append(cell.metadata.get("tags", []))
+        elif found and is_check(cell):
+            found[-1]["checked"] += cell.metadata["nbgrader"]["points"]
+    return found
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=[p.name for p in SOLUTIONS])
+def test_sheet_is_mostly_transfer_with_points_stars_minutes_and_hints(path):
+    """≥ 2 transfer tasks carrying most points, each with a dropdown hint; the intro's totals add up."""
+    nb = nbformat.read(path, as_version=4)
+    tasks = sheet_tasks(nb)
+    assert tasks, f"{path.name}: no '## Task' headings"
+    for t in tasks:
+        is_transfer = t["kind"] == "transfer"
+        tagged = any("transfer" in tags for tags in t["answers"])
+        assert t["answers"], f"{path.name} Task {t['n']}: no answer cell"
+        assert is_transfer == tagged, f"{path.name} Task {t['n']}: heading says {t['kind']}, answer tags {t['answers']}"
+        assert float(t["points"]) == t["checked"], \
+            f"{path.name} Task {t['n']}: heading says {t['points']} points, its checks give {t['checked']}"
+        if is_transfer:
+            assert ":class: dropdown" in t["text"] and "Hint" in t["text"], \
+                f"{path.name} Task {t['n']}: a transfer task needs a collapsible hint (```{{admonition}} Hint / :class: dropdown)"
+    transfer = [t for t in tasks if t["kind"] == "transfer"]
+    total = sum(int(t["points"]) for t in tasks)
+    assert len(transfer) >= 2, f"{path.name}: {len(transfer)} transfer task(s); every sheet needs at least two"
+    assert 2 * sum(int(t["points"]) for t in transfer) > total, f"{path.name}: most points must be on transfer tasks"
+    intro = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    match = TOTAL.search(intro)
+    assert match, f"{path.name}: the intro must say 'Total: P points, about A–B minutes'"
+    minutes = sum(int(t["minutes"]) for t in tasks)
+    assert int(match["points"]) == total, f"{path.name}: intro says {match['points']} points, the tasks sum to {total}"
+    assert int(match["lo"]) <= minutes <= int(match["hi"]), \
+        f"{path.name}: intro says {match['lo']}–{match['hi']} minutes, the tasks' estimates sum to {minutes}"
+    assert 45 <= int(match["lo"]) and int(match["hi"]) <= 100, f"{path.name}: aim at 45–90 minutes a sheet"
