@@ -8,8 +8,11 @@ expected and what was received, e.g.::
 
 from __future__ import annotations
 
+import os
+import platform
 import random
 import time
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -40,6 +43,24 @@ def set_seed(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device | str | None = None) -> str:
+    """One line for a saved result: the CPU, its logical CPUs, torch's threads and the device (GPU name)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, device {device}{gpu}"
 
 
 def glue(name: str, value, display: bool = False):

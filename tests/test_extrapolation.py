@@ -79,3 +79,13 @@ def test_command_line_quick_writes_json_and_png(tmp_path, monkeypatch, corpus):
     assert res["meta"]["command"] == f"python -m course_lib.experiments.extrapolation --quick --out {tmp_path} --no-progress --steps 4"
     assert res["settings"]["steps"] == 4 and res["settings"]["quick"]
     assert (tmp_path / "extrapolation.png").stat().st_size > 1000
+
+
+def test_saved_results_name_the_machine():
+    """Every experiment's JSON says where it ran, in the words of one shared helper."""
+    import os
+    from course_lib.utils import cpu_name, machine_description
+
+    line = machine_description("cpu")
+    assert line.startswith(cpu_name()) and cpu_name()
+    assert f"{os.cpu_count()} logical CPUs" in line and line.endswith("device cpu")

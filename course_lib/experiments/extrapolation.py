@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from course_lib.data import CharCorpus
 from course_lib.model import DecoderLM, ModelConfig
 from course_lib.train import train
-from course_lib.utils import default_device, set_seed
+from course_lib.utils import default_device, machine_description, set_seed
 
 try:  # a progress bar when tqdm is installed (it is in requirements.txt), plain prints otherwise
     from tqdm.auto import tqdm
@@ -230,24 +229,12 @@ def _run(s: Settings, device, progress, log, corpus) -> dict:
         if Path(sys.argv[0]).name in ("extrapolation.py", "__main__.py") or sys.argv[0] == "-m" else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, "
-                   f"torch threads {torch.get_num_threads()}, device {device}"
-                   + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+        "machine": machine_description(device),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "date": time.strftime("%Y-%m-%d"),
         "n_parameters": {name: m.num_parameters() for name, m in models.items()},
     }
     return results
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------- show

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import sys
@@ -42,11 +41,10 @@ import torch.nn.functional as F
 
 from course_lib import pretraining as P
 from course_lib.data import CharCorpus
-from course_lib.experiments.extrapolation import _cpu_name
 from course_lib.masks import IGNORE_INDEX
 from course_lib.model import DecoderLM, ModelConfig
 from course_lib.train import load_checkpoint
-from course_lib.utils import set_seed
+from course_lib.utils import machine_description, set_seed
 
 __all__ = ["RESULTS_DIR", "CHECKPOINT", "SETTINGS", "QUICK", "run_finetune", "run_bert", "run_icl",
            "load_results", "plot_results", "main"]
@@ -421,7 +419,7 @@ def main(argv=None) -> dict:
     results["meta"] = {
         "command": "python -m course_lib.experiments.pretraining " + " ".join(argv),
         "torch": torch.__version__, "python": platform.python_version(),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, cpu",
+        "machine": machine_description("cpu"),
         "wall_seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
     }
     out = RESULTS_DIR if args.out is None else Path(args.out)
