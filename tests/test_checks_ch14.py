@@ -112,7 +112,7 @@ def extract_ok(hidden, attention_mask):
 
 def test_extract_passes(capsys):
     ch14.check_extract_features(extract_ok)
-    assert capsys.readouterr().out == "✓ extract_features: all 4 cases passed\n"
+    assert capsys.readouterr().out == "✓ extract_features: all 6 cases passed\n"
 
 
 @pytest.mark.parametrize("wrong, message", [
@@ -196,3 +196,41 @@ def test_l3_passes(capsys):
 def test_l3_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch14.check_l3_loss(wrong)
+
+
+# ----------------------------------------------------------------------------- task 6
+def predictive_ok(table, xs, ys, x_query, n_outputs, *, last_only=False, ignore=False, per_output=False,
+                  counts=False, uniform=False, weak=False):
+    if uniform:
+        return torch.full((n_outputs,), 1.0 / n_outputs)
+    if weak and table.shape != (5, 4):                 # right on the sheet's small table only
+        return torch.full((n_outputs,), 1.0 / n_outputs)
+    pairs = list(zip(xs, ys))
+    pairs = [] if ignore else (pairs[-1:] if last_only else pairs)
+    consistent = torch.ones(table.shape[0], dtype=torch.bool)
+    for x, y in pairs:
+        consistent &= table[:, x] == y
+    votes = torch.bincount(table[consistent, x_query], minlength=n_outputs).float()
+    if per_output:
+        votes = (votes > 0).float()
+    return votes if counts else votes / votes.sum()
+
+
+def test_ideal_predictive_passes(capsys):
+    ch14.check_ideal_predictive(predictive_ok)
+    assert capsys.readouterr().out == "✓ ideal_predictive: all 44 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "ideal_predictive is not implemented yet"),
+    (lambda *a: predictive_ok(*a, uniform=True), "the prior is uniform over the FUNCTIONS"),
+    (lambda *a: predictive_ok(*a, last_only=True), "only the last example"),
+    (lambda *a: predictive_ok(*a, ignore=True), "the examples were ignored"),
+    (lambda *a: predictive_ok(*a, per_output=True), "each possible answer counted once"),
+    (lambda *a: predictive_ok(*a, counts=True), "counts of consistent functions"),
+    (lambda *a: predictive_ok(*a, weak=True), "the prior is uniform over the FUNCTIONS"),
+    (lambda *a: predictive_ok(*a)[:-1], "expected shape"),
+])
+def test_ideal_predictive_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch14.check_ideal_predictive(wrong)

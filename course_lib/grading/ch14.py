@@ -8,7 +8,9 @@ Tasks, in the order of the exercise notebook:
    under left *and* right padding (transfer);
 4. ``k_shot_prompt(instruction, pool, query_index, k, seed)`` — a k-shot prompt that does not leak
    the answer (transfer);
-5. ``l3_loss(…)`` — GPT's fine-tuning objective L3 = L2 + λ·L1 on a padded batch.
+5. ``l3_loss(…)`` — GPT's fine-tuning objective L3 = L2 + λ·L1 on a padded batch;
+6. ``ideal_predictive(table, xs, ys, x_query, n_outputs)`` — the ideal in-context learner's
+   posterior predictive over a family of functions it has not seen (transfer).
 
 References: ``course_lib.pretraining`` (``mlm_batch``, ``nsp_pairs``, ``gather_extract``,
 ``few_shot_prompt``, ``gpt_objectives``). A wrong answer is compared with the known wrong answers
@@ -28,7 +30,8 @@ from course_lib.grading import call_student, expect_close, expect_number, expect
 from course_lib.masks import IGNORE_INDEX
 
 __all__ = ["MLM_VOCAB", "MLM_SPECIAL", "mlm_padded_batch", "check_mlm_corrupt", "check_nsp_examples",
-           "check_extract_features", "check_k_shot_prompt", "check_l3_loss"]
+           "check_extract_features", "check_k_shot_prompt", "check_l3_loss",
+           "check_ideal_predictive"]
 
 MLM_VOCAB = 50
 MLM_SPECIAL = {"pad": 0, "cls": 47, "sep": 48, "mask": 49}
@@ -137,7 +140,11 @@ def check_extract_features(extract_features_fn) -> None:
     """Task 3: the state at the last real token, under left and right padding."""
     g = torch.Generator().manual_seed(14)
     cases = []
-    for side, lengths in (("left", [5, 2, 7, 7]), ("right", [5, 2, 7, 3]), ("right", [1, 6, 6]), ("left", [4, 4])):
+    shapes = [("left", [5, 2, 7, 7]), ("right", [5, 2, 7, 3]), ("right", [1, 6, 6]), ("left", [4, 4])]
+    for _ in range(2):                                      # unseen batches, either side
+        lengths = torch.randint(1, 12, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+        shapes.append(("left" if torch.rand(1, generator=g) < 0.5 else "right", lengths))
+    for side, lengths in shapes:
         _, att = P.encode_batch([[3] * n for n in lengths], side=side)
         cases.append((side, torch.randn(len(lengths), att.shape[1], 8, generator=g, dtype=torch.float64), att))
     for side, hidden, att in cases:
@@ -238,3 +245,57 @@ def check_l3_loss(l3_loss_fn) -> None:
         })
         n_cases += 1
     passed("l3_loss", n_cases)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _predictive(table: torch.Tensor, xs, ys, x_query: int, n_outputs: int, *, examples=None,
+                per_output: bool = False, normalise: bool = True) -> torch.Tensor:
+    """p(y | examples, x_query) under a uniform prior over the rows of ``table`` (and the known mistakes)."""
+    pairs = list(zip(xs, ys)) if examples is None else examples
+    consistent = torch.ones(table.shape[0], dtype=torch.bool)
+    for x, y in pairs:
+        consistent &= table[:, x] == y
+    votes = torch.bincount(table[consistent, x_query], minlength=n_outputs).double()
+    if per_output:
+        votes = (votes > 0).double()
+    return votes / votes.sum() if normalise else votes
+
+
+def _icl_case(g: torch.Generator):
+    F_, X, Y = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((4, 13), (4, 11), (2, 6)))
+    table = torch.randint(Y, (F_, X), generator=g)
+    f = int(torch.randint(F_, (1,), generator=g))
+    k = int(torch.randint(0, 4, (1,), generator=g))
+    xs = torch.randint(X, (k,), generator=g).tolist()
+    return table, xs, [int(table[f, x]) for x in xs], int(torch.randint(X, (1,), generator=g)), Y
+
+
+def check_ideal_predictive(ideal_predictive_fn) -> None:
+    """Task 6: the posterior predictive of the ideal in-context learner, on function tables drawn here."""
+    g = torch.Generator().manual_seed(146)
+    table = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0], [0, 2, 0, 2], [3, 3, 3, 3], [0, 1, 0, 1]])
+    cases = [(table, [], [], 1, 4), (table, [0], [0], 1, 4), (table, [0, 2], [0, 0], 3, 4), (table, [2, 0], [0, 0], 3, 4)]
+    cases += [_icl_case(g) for _ in range(40)]
+    for table, xs, ys, xq, Y in cases:
+        name = f"ideal_predictive(table {tuple(table.shape)}, {len(xs)} examples, x_query={xq})"
+        got = call_student(ideal_predictive_fn, table.clone(), list(xs), list(ys), xq, Y, name="ideal_predictive")
+        if not isinstance(got, torch.Tensor):
+            got = torch.as_tensor(got)
+        got = expect_tensor(name, got.double(), (Y,))
+        total = float(got.sum())
+        want = _predictive(table, xs, ys, xq, Y)
+        if abs(total - 1) > 1e-6 and torch.allclose(got, _predictive(table, xs, ys, xq, Y, normalise=False)):
+            raise AssertionError(f"{name}: these are counts of consistent functions (sum {total:g}); "
+                                 f"divide by their total to get a probability")
+        expect_close(name, got, want, mistakes={
+            "uniform over the outputs: the prior is uniform over the FUNCTIONS of the table, not over the answers":
+                torch.full((Y,), 1.0 / Y, dtype=torch.float64),
+            "only the last example was used to filter the functions: every example must agree":
+                _predictive(table, xs, ys, xq, Y, examples=list(zip(xs, ys))[-1:]),
+            "the examples were ignored: the prediction must be conditioned on them":
+                _predictive(table, xs, ys, xq, Y, examples=[]),
+            "each possible answer counted once: weight each consistent FUNCTION once — "
+            "two functions that give the same answer make it twice as likely":
+                _predictive(table, xs, ys, xq, Y, per_output=True),
+        }, atol=1e-6, rtol=0)
+    passed("ideal_predictive", len(cases))
