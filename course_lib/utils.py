@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import platform
 import random
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -43,6 +45,26 @@ def set_seed(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def use_triton_interpreter_without_gpu() -> bool:
+    """Choose how Triton kernels run, once, before anything imports triton; return True if interpreted.
+
+    Without a CUDA GPU, set ``TRITON_INTERPRET=1`` (Chapter 12's kernels then run in Triton's
+    interpreter on the CPU), and warn if triton was already imported without it — packages such as
+    ``transformers`` and ``torch.utils.flop_counter`` import triton, and triton reads the variable
+    when it is imported. ``import course_lib`` calls this first thing, so importing course_lib before
+    those packages is enough; ``course_lib.triton_kernels.mode`` calls it again and exposes the result.
+    """
+    interpret = ("1", "true", "on", "yes")
+    if not torch.cuda.is_available():
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "").lower() not in interpret:
+            warnings.warn(
+                "triton was imported before course_lib on a machine without a GPU: Triton kernels may not "
+                "run in the interpreter; set TRITON_INTERPRET=1 before importing triton (or import course_lib first)",
+                RuntimeWarning, stacklevel=3)
+        os.environ["TRITON_INTERPRET"] = "1"
+    return os.environ.get("TRITON_INTERPRET", "").lower() in interpret
 
 
 def cpu_name() -> str:

@@ -45,6 +45,7 @@ def test_interpreter_is_set_before_triton_and_nothing_else_imports_triton():
     code = (
         "import importlib, os, pkgutil, sys, torch\n"
         "import course_lib\n"
+        "assert torch.cuda.is_available() or os.environ['TRITON_INTERPRET'] == '1', 'import course_lib chooses the mode'\n"
         "skip = ('course_lib.triton_kernels', 'course_lib.grade')\n"
         "def walk(pkg):\n"
         "    for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + '.'):\n"
@@ -64,6 +65,14 @@ def test_interpreter_is_set_before_triton_and_nothing_else_imports_triton():
     env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is about machines without a GPU")
+def test_importing_triton_before_course_lib_warns():
+    code = "import warnings, triton\nwarnings.simplefilter('error')\nimport course_lib\n"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0 and "triton was imported before course_lib" in out.stderr, out.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- vector add
