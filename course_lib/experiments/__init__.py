@@ -8,8 +8,8 @@ offers a ``--quick`` mode with tiny sizes that the tests and the chapters run.
 * ``extrapolation`` — Chapter 6: small decoders that differ only in the position scheme, trained
   at one context length and evaluated at 1×, 2×, 4×, 8× that length; then RoPE extended by
   position interpolation vs plain extension.
-* ``pretraining`` — Chapter 14, three commands (``finetune``, ``bert``, ``icl``) writing
+* ``pretraining`` — Chapter 14, four commands (``finetune``, ``bert``, ``roberta``, ``icl``) writing
   ``results/pretraining_<command>.{json,png}``: a pre-trained decoder fine-tuned vs one trained from
   scratch against the number of labels (L1 score, linear probe, L2, L3); a small BERT pre-trained
-  with MLM + NSP; in-context learning of random functions, accuracy against k.
+  with MLM + NSP, and with MLM only; in-context learning of random functions, accuracy against k.
 """
