@@ -11,7 +11,10 @@ import math
 import pytest
 import torch
 
+from course_lib import moe
 from course_lib.grading import ch08
+from course_lib.model import ModelConfig, count_parameters
+from course_lib.moe import expert_capacity
 from helpers import stub
 
 
@@ -44,6 +47,7 @@ def test_gating_passes(capsys):
     (lambda l, k: gating(l, k, raw=True), "raw logits"),
     (lambda l, k: gating(l, k)[0], "expected a pair"),
     (lambda l, k: (gating(l, k)[0], gating(l, k)[1].double()), "integer tensor"),
+    (lambda l, k: moe.top_k_gating(l, k)[:2], "course_lib does the work here"),
 ])
 def test_gating_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -111,6 +115,8 @@ def test_forward_passes(capsys):
     (forward_all_experts, "received no token but was called|was run on 12 rows but only \\d+ assignments"),
     (lambda x, *a: x[:, :1], "expected shape"),
     (forward_whole_batch, "was run on \\d+ rows but only \\d+ assignments"),
+    (moe.moe_dispatch, "course_lib does the work here"),
+    (lambda *a: moe.moe_naive(*a), "course_lib does the work here"),
 ])
 def test_forward_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -144,6 +150,7 @@ def test_balance_passes(capsys):
     (lambda *a: balance(*a, sum_p=True), "off by a factor T|P_i summed over tokens"),
     (lambda *a: balance(*a).item(), "gradient through P_i"),
     (lambda p, i, a: balance(p.detach(), i, a), "gradient through P_i"),
+    (lambda p, i, a: moe.load_balancing_loss(p, i, a), "your function calls `moe`|course_lib does the work here"),
 ])
 def test_balance_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -168,6 +175,13 @@ def count(d_model, d_ff, n_layers, n_experts, top_k, vocab_size, n_heads, n_kv_h
     return total, active
 
 
+def count_with_the_library(d_model, d_ff, n_layers, n_experts, top_k, vocab_size, n_heads, n_kv_heads):
+    cfg = ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                      n_kv_heads=n_kv_heads, d_ff=d_ff, ffn="swiglu", n_experts=n_experts, top_k=top_k,
+                      norm="rmsnorm", pos_encoding="rope", bias=False, tie_embeddings=False)
+    return count_parameters(cfg), count_parameters(cfg, active=True)
+
+
 def test_count_passes(capsys):
     ch08.check_param_count(count)
     ch08.check_param_count(lambda **cfg: tuple(float(v) for v in count(**cfg)))
@@ -186,6 +200,7 @@ def test_count_passes(capsys):
     (lambda **c: count(**c, no_norms=True), "forgot the norms"),
     (lambda **c: count(**c, layers_once=True), "forgot to multiply by n_layers"),
     (lambda **c: count(**c)[0], "expected a pair"),
+    (lambda **c: count_with_the_library(**c), "course_lib does the work here"),
 ])
 def test_count_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -299,6 +314,19 @@ def keep_mask_fixed_capacity(indices, n_experts, capacity_factor):
     return keep
 
 
+def keep_mask_library_capacity(indices, n_experts, capacity_factor):
+    """Right, but the capacity from course_lib.moe.expert_capacity (imported at the top, as a cell would)."""
+    T, k = indices.shape
+    C = expert_capacity(T, n_experts, capacity_factor, k)
+    keep, used = torch.zeros(T, k, dtype=torch.bool), [0] * n_experts
+    for j in range(k):
+        for t in range(T):
+            e = int(indices[t, j])
+            if used[e] < C:
+                keep[t, j], used[e] = True, used[e] + 1
+    return keep
+
+
 def test_keep_mask_passes(capsys):
     ch08.check_priority_keep_mask(keep_mask)
     assert capsys.readouterr().out == "✓ priority keep mask: all 8 cases passed\n"
@@ -314,6 +342,7 @@ def test_keep_mask_passes(capsys):
     (keep_mask_fixed_capacity, "wrongly kept or dropped"),
     (lambda *a: keep_mask(*a).int(), "expected a bool mask"),
     (lambda i, n, cf: keep_mask(i, n, cf)[:, 0], "expected shape"),
+    (keep_mask_library_capacity, "your function calls `expert_capacity`"),
 ])
 def test_keep_mask_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):

@@ -13,6 +13,7 @@ import torch
 
 from course_lib import norms
 from course_lib.grading import ch09
+from course_lib.norms import rms_norm as imported_rms_norm
 from helpers import stub
 
 
@@ -69,10 +70,10 @@ def test_layer_norm_passes(capsys):
     (lambda x, g, b, e: ln(x, g, b, e)[..., :-1], "expected shape"),
     (lambda x, g, b, e: ln(x, g, b, e) + 0.1, "wrong values"),
     # right numbers the wrong way: the task is the formula, the library is the check's reference
-    (lambda x, g, b, e: torch.nn.functional.layer_norm(x, x.shape[-1:], g, b, e), "a library norm .* was called"),
-    (lambda x, g, b, e: torch.layer_norm(x, x.shape[-1:], g, b, e), "a library norm .* was called"),
-    (layer_norm_module, "a library norm .* was called"),
-    (lambda x, g, b, e: norms.layer_norm(x, g, b, e), "a library norm .* was called"),
+    (lambda x, g, b, e: torch.nn.functional.layer_norm(x, x.shape[-1:], g, b, e), "a library norm .* does the work here"),
+    (lambda x, g, b, e: torch.layer_norm(x, x.shape[-1:], g, b, e), "a library norm .* does the work here"),
+    (layer_norm_module, "a library norm .* does the work here"),
+    (lambda x, g, b, e: norms.layer_norm(x, g, b, e), "a library norm .* does the work here"),
 ])
 def test_layer_norm_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -108,8 +109,9 @@ def test_rms_norm_passes(capsys):
     (lambda x, g, e: rms(x, g, e, total="sum"), "sum of squares instead of their mean"),
     (lambda x, g, e: rms(x, g, e, total="abs"), "without squaring"),
     (lambda x, g, e: rms(x, g, e, affine=False), "γ missing"),
-    (lambda x, g, e: torch.nn.functional.rms_norm(x, x.shape[-1:], g, e), "a library norm .* was called"),
-    (rms_norm_module, "a library norm .* was called"),
+    (lambda x, g, e: torch.nn.functional.rms_norm(x, x.shape[-1:], g, e), "a library norm .* does the work here"),
+    (rms_norm_module, "a library norm .* does the work here"),
+    (lambda x, g, e: imported_rms_norm(x, g, e), "your function calls `imported_rms_norm`"),
     (lambda x, g, e: rms(x, g, e).sum(-1), "expected shape"),
 ])
 def test_rms_norm_names_the_mistake(wrong, message):
@@ -214,7 +216,7 @@ def test_prms_norm_passes(capsys):
     (lambda x, g, p, e: prms(x, g, p, e, centre=True), "subtracted the mean"),
     (lambda x, g, p, e: prms(x, g, p, e) / g, "γ missing"),
     (lambda x, g, p, e: prms(x, g, p, e)[..., : math.ceil(p * x.shape[-1])], "expected shape"),
-    (lambda x, g, p, e: norms.rms_norm(x, g, e, p=p), "a library norm .* was called"),
+    (lambda x, g, p, e: norms.rms_norm(x, g, e, p=p), "a library norm .* does the work here"),
 ])
 def test_prms_norm_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -272,7 +274,7 @@ def test_layer_norm_backward_passes(capsys):
     (lambda *a: ln_backward(*a, dgamma="x"), "uses x instead of the normalised x̂"),
     (lambda *a: ln_backward(*a, reduce="mean"), "averaged over the vectors"),
     (lambda *a: ln_backward(*a, keep_shape=True), "has the shape of x"),
-    (ln_backward_autograd, "autograd was called inside your function"),
+    (ln_backward_autograd, "autograd does the work here"),
     (ln_backward_2d_only, "grad_gamma: expected shape"),
     (lambda *a: ln_backward(*a)[:2], "expected a triple"),
 ])

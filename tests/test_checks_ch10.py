@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
+from course_lib import sparse
 from course_lib.grading import ch10
+from course_lib.sparse import reachable
 from helpers import stub
 
 
@@ -281,3 +283,16 @@ def test_sink_window_tiles_passes(capsys):
 def test_sink_window_tiles_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch10.check_sink_window_tiles(wrong)
+
+
+# ----------------------------------------------------------------------------- the warm-ups call the library
+@pytest.mark.parametrize("check, wrong", [
+    (ch10.check_sliding_window, sparse.sliding_window_mask),
+    (ch10.check_strided, lambda n, l: sparse.strided_pattern(n, l)),
+    (ch10.check_fixed, lambda n, l, c: sparse.fixed_pattern(n, l, c)),
+    (ch10.check_reachability, lambda masks: reachable(masks)),
+    (lambda fn: ch10.check_layers_needed(fn, 32 * 4096), lambda D, W: sparse.layers_needed(D, W)),
+])
+def test_calling_course_lib_sparse_fails(check, wrong):
+    with pytest.raises(AssertionError, match="course_lib.sparse does the work here"):
+        check(wrong)

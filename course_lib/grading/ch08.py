@@ -28,13 +28,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import course_lib.model
+import course_lib.moe
 from course_lib.ffn import build_feed_forward
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without
 from course_lib.model import ModelConfig, count_parameters
 from course_lib.moe import load_balancing_loss, moe_naive, top_k_gating
 
 __all__ = ["check_top_k_gating", "check_moe_forward", "check_load_balancing_loss", "check_param_count",
            "check_expert_choice", "check_priority_keep_mask", "EXPERT_CHOICE_CASES"]
+
+
+_LIBRARY_MESSAGE = ("course_lib does the work here: it is the reference the check compares you with; write it "
+                    "with plain torch")
+
+
+def _library(*names: str) -> list[tuple[object, str]]:
+    """The functions of ``course_lib.moe`` that an answer must not call (they are its reference)."""
+    return [(course_lib.moe, n) for n in names]
 
 
 def _pair(name: str, res):
@@ -56,7 +68,8 @@ def check_top_k_gating(top_k_gating_fn) -> None:
     for T, n, k, scale in cases:
         name = f"top_k_gating(logits [{T}, {n}], k={k})"
         logits = torch.randn(T, n, generator=g, dtype=torch.float64) * scale
-        res = _pair(name, call_student(top_k_gating_fn, logits.clone(), k, name="top_k_gating"))
+        res = _pair(name, call_without(top_k_gating_fn, _library("top_k_gating", "router_probs"), _LIBRARY_MESSAGE,
+                                         logits.clone(), k, name="top_k_gating"))
         w_got = expect_tensor(f"{name}: weights", res[0], (T, k))
         i_got = expect_tensor(f"{name}: indices", res[1], (T, k))
         if i_got.is_floating_point():
@@ -112,7 +125,8 @@ def check_moe_forward(moe_forward) -> None:
         w, idx, _ = top_k_gating(torch.randn(T, n, generator=g, dtype=torch.float64), k)
         counting = nn.ModuleList(_Counting(e) for e in experts)
         with torch.no_grad():
-            got = call_student(moe_forward, x.clone(), w.clone(), idx.clone(), counting, name="moe_forward")
+            got = call_without(moe_forward, _library("moe_dispatch", "moe_naive", "dense_moe"), _LIBRARY_MESSAGE,
+                               x.clone(), w.clone(), idx.clone(), counting, name="moe_forward")
             got = expect_tensor(name, got, (T, d))
             want = moe_naive(x, w, idx, experts)
             outs = torch.stack([e(x) for e in experts], dim=1)          # [T, n, d]
@@ -169,7 +183,8 @@ def check_load_balancing_loss(load_balancing_loss_fn) -> None:
         else:
             idx = probs.topk(k, -1).indices
         p_in = probs.clone().requires_grad_(True)
-        got = call_student(load_balancing_loss_fn, p_in, idx.clone(), alpha, name="load_balancing_loss")
+        got = call_without(load_balancing_loss_fn, _library("load_balancing_loss", "expert_fractions"), _LIBRARY_MESSAGE,
+                           p_in, idx.clone(), alpha, name="load_balancing_loss")
         value = expect_number(name, got)
         want = load_balancing_loss(probs, idx, alpha)
         counts = torch.bincount(idx.reshape(-1), minlength=n).double()
@@ -218,7 +233,8 @@ def check_param_count(param_count) -> None:
     ]
     for what, cfg in cases:
         name = f"param_count for {what}"
-        res = call_student(param_count, **cfg, name="param_count")
+        res = call_without(param_count, [(course_lib.model, "count_parameters")], _LIBRARY_MESSAGE, **cfg,
+                           name="param_count")
         if not (isinstance(res, (tuple, list)) and len(res) == 2):
             raise AssertionError(f"{name}: expected a pair (total, active); got {type(res).__name__}")
         got = tuple(int(round(expect_number(name, v))) for v in res)
@@ -383,7 +399,8 @@ def check_priority_keep_mask(keep_mask_fn) -> None:
     for T, n, k, cf, skew in cases:
         name = f"priority_keep_mask(T={T}, n_experts={n}, k={k}, capacity_factor={cf})"
         indices = _routing(T, n, k, skew, g)
-        got = call_student(keep_mask_fn, indices.clone(), n, cf, name="priority_keep_mask")
+        got = call_without(keep_mask_fn, _library("capacity_keep_mask", "expert_capacity"), _LIBRARY_MESSAGE,
+                           indices.clone(), n, cf, name="priority_keep_mask")
         got = expect_tensor(name, got, (T, k))
         if got.dtype != torch.bool:
             raise AssertionError(f"{name}: expected a bool mask (True = the assignment is kept); got {got.dtype}")

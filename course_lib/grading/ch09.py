@@ -20,13 +20,13 @@ when pre-LN was asked, …) and names the one it matches.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
 from course_lib.grading import call_student, expect_close, expect_tensor, passed
+from course_lib.grading.forbid import call_without
 from course_lib.norms import layer_norm, residual_block, rms_norm
 
 __all__ = ["check_layer_norm", "check_rms_norm", "check_block", "check_prms_norm", "check_layer_norm_backward",
@@ -76,44 +76,27 @@ def _over_all(x, eps, centre=True):
     return c / ((c * c).mean() + eps).sqrt()
 
 
-class _Forbidden(RuntimeError):
-    pass
+_LIBRARY_NORMS_MESSAGE = ("a library norm (F.layer_norm, F.rms_norm, nn.LayerNorm, course_lib.norms, …) does the "
+                          "work here: compute it from the formula with mean, sqrt, … (the library is what the check "
+                          "compares you with)")
+_AUTOGRAD_MESSAGE = ("autograd does the work here: derive the gradient and compute it with tensor operations "
+                     "(autograd is what the check compares you with)")
 
 
-@contextlib.contextmanager
-def _refusing(targets, message: str):
-    """Make the given ``(object, attribute)`` functions raise while the student's code runs."""
-    def refuse(*args, **kwargs):
-        raise _Forbidden(message)
-    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in targets if hasattr(obj, attr)]
-    try:
-        for obj, attr, _ in saved:
-            setattr(obj, attr, refuse)
-        yield
-    finally:
-        for obj, attr, fn in saved:
-            setattr(obj, attr, fn)
-
-
-def _library_norms():
+def _library_norms() -> list[tuple[object, str]]:
     """The library norms an answer must not call: it is asked to compute them from the formula."""
     from course_lib import norms
-    return _refusing(
-        [(F, "layer_norm"), (torch, "layer_norm"), (F, "rms_norm"), (torch, "rms_norm"), (F, "group_norm"),
-         (torch.nn.LayerNorm, "forward"), (torch.nn.RMSNorm, "forward"), (norms, "layer_norm"), (norms, "rms_norm"),
-         (norms.LayerNorm, "forward"), (norms.RMSNorm, "forward")],
-        "a library norm (F.layer_norm, F.rms_norm, nn.LayerNorm, course_lib.norms, …) was called inside your "
-        "function: compute it from the formula with mean, sqrt, … (the library is what the check compares you with)")
+    return [(F, "layer_norm"), (torch, "layer_norm"), (F, "rms_norm"), (torch, "rms_norm"), (F, "group_norm"),
+            (torch.nn.LayerNorm, "forward"), (torch.nn.RMSNorm, "forward"), (norms, "layer_norm"), (norms, "rms_norm"),
+            (norms.LayerNorm, "forward"), (norms.RMSNorm, "forward"), (torch.nn, "LayerNorm"), (torch.nn, "RMSNorm"),
+            (norms, "LayerNorm"), (norms, "RMSNorm")]
 
 
-def _no_autograd():
-    """Make every entry point of autograd raise: the task is to derive the gradient, not to ask for it."""
-    return _refusing(
-        [(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"),
-         (torch.autograd.functional, "vjp"), (torch.autograd.functional, "jacobian"),
-         (torch.func, "vjp"), (torch.func, "grad"), (torch.func, "jacrev")],
-        "autograd was called inside your function: derive the gradient and compute it with tensor operations "
-        "(autograd is what the check compares you with)")
+def _autograd() -> list[tuple[object, str]]:
+    """Every entry point of autograd: the task is to derive the gradient, not to ask for it."""
+    return [(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"),
+            (torch.autograd.functional, "vjp"), (torch.autograd.functional, "jacobian"),
+            (torch.func, "vjp"), (torch.func, "grad"), (torch.func, "jacrev")]
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -124,9 +107,8 @@ def check_layer_norm(layer_norm_forward) -> None:
         n = x.shape[-1]
         gamma, beta = _gamma_beta(n, x.dtype, 910 + i)
         name = f"layer_norm_forward on {what}"
-        with _library_norms():
-            got = call_student(layer_norm_forward, x.clone(), gamma.clone(), beta.clone(), eps,
-                               name="layer_norm_forward")
+        got = call_without(layer_norm_forward, _library_norms(), _LIBRARY_NORMS_MESSAGE, x.clone(), gamma.clone(),
+                           beta.clone(), eps, name="layer_norm_forward")
         got = expect_tensor(name, got, tuple(x.shape))
         want = layer_norm(x.double(), gamma.double(), beta.double(), eps).to(x.dtype)
         gd, bd = gamma.double(), beta.double()
@@ -159,8 +141,8 @@ def check_rms_norm(rms_norm_forward) -> None:
         n = x.shape[-1]
         gamma, _ = _gamma_beta(n, x.dtype, 920 + i)
         name = f"rms_norm_forward on {what}"
-        with _library_norms():
-            got = call_student(rms_norm_forward, x.clone(), gamma.clone(), eps, name="rms_norm_forward")
+        got = call_without(rms_norm_forward, _library_norms(), _LIBRARY_NORMS_MESSAGE, x.clone(), gamma.clone(), eps,
+                           name="rms_norm_forward")
         got = expect_tensor(name, got, tuple(x.shape))
         want = rms_norm(x.double(), gamma.double(), eps).to(x.dtype)
         gd = gamma.double()
@@ -256,8 +238,8 @@ def check_prms_norm(prms_norm_forward) -> None:
         n, eps = shape[-1], 1e-6
         gamma, _ = _gamma_beta(n, dtype, 940 + i)
         name = f"prms_norm_forward(p={p}) on x {list(shape)}, {str(dtype).replace('torch.', '')}"
-        with _library_norms():
-            got = call_student(prms_norm_forward, x.clone(), gamma.clone(), p, eps, name="prms_norm_forward")
+        got = call_without(prms_norm_forward, _library_norms(), _LIBRARY_NORMS_MESSAGE, x.clone(), gamma.clone(), p,
+                           eps, name="prms_norm_forward")
         got = expect_tensor(name, got, tuple(x.shape))
         xd, gd = x.double(), gamma.double()
         k = math.ceil(p * n)
@@ -316,9 +298,8 @@ def check_layer_norm_backward(layer_norm_backward) -> None:
         x = torch.randn(*shape, generator=g, dtype=torch.float64) * 2 + 0.5
         gamma = 1 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
         grad_y = torch.randn(*shape, generator=g, dtype=torch.float64)
-        with _no_autograd():
-            res = call_student(layer_norm_backward, x.clone(), gamma.clone(), grad_y.clone(), eps,
-                               name="layer_norm_backward")
+        res = call_without(layer_norm_backward, _autograd(), _AUTOGRAD_MESSAGE, x.clone(), gamma.clone(),
+                           grad_y.clone(), eps, name="layer_norm_backward")
         if not (isinstance(res, (tuple, list)) and len(res) == 3):
             raise AssertionError(f"{name}: expected a triple (grad_x, grad_gamma, grad_beta); got {type(res).__name__}")
         xr, gr, br = (t.clone().requires_grad_(True) for t in (x, gamma, torch.zeros(n, dtype=torch.float64)))

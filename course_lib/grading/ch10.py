@@ -24,7 +24,9 @@ import math
 
 import torch
 
+import course_lib.sparse
 from course_lib.grading import call_student, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without
 from course_lib.masks import causal_mask
 from course_lib.sparse import (
     block_layout,
@@ -46,6 +48,15 @@ __all__ = [
     "check_sink_window_tiles",
     "SINK_TILE_CASES",
 ]
+
+
+_LIBRARY_MESSAGE = ("course_lib.sparse does the work here: it is the reference the check compares you with; "
+                    "build it with torch operations")
+
+
+def _library(*names: str) -> list[tuple[object, str]]:
+    """The functions of ``course_lib.sparse`` that an answer must not call (they are its reference)."""
+    return [(course_lib.sparse, n) for n in names]
 
 
 def _ij(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +94,8 @@ def check_sliding_window(sliding_window_mask_fn) -> None:
     cases = [(8, 3), (10, 4), (7, 1), (6, 6), (5, 9), (13, 5), (1, 2)]
     for T, W in cases:
         name = f"sliding_window_mask(T={T}, window={W})"
-        got = call_student(sliding_window_mask_fn, T, W, name="sliding_window_mask")
+        got = call_without(sliding_window_mask_fn, _library("sliding_window_mask", "dilated_window_mask"),
+                           _LIBRARY_MESSAGE, T, W, name="sliding_window_mask")
         want = sliding_window_mask(T, W)
         i, j = _ij(T)
         d = i - j
@@ -107,7 +119,8 @@ def check_strided(strided_pattern_fn) -> None:
     cases = [(16, 4), (17, 4), (23, 5), (12, 3), (9, 1), (6, 8)]
     for n, l in cases:
         name = f"strided_pattern(n={n}, l={l})"
-        res = call_student(strided_pattern_fn, n, l, name="strided_pattern")
+        res = call_without(strided_pattern_fn, _library("strided_pattern"), _LIBRARY_MESSAGE, n, l,
+                           name="strided_pattern")
         if not (isinstance(res, tuple) and len(res) == 2):
             raise AssertionError(f"{name}: expected a tuple (A1, A2); got {type(res).__name__}")
         a1, a2 = strided_pattern(n, l)
@@ -142,7 +155,8 @@ def check_fixed(fixed_pattern_fn) -> None:
     cases = [(16, 4, 1), (17, 4, 2), (23, 5, 2), (12, 3, 3), (10, 4, 1), (5, 8, 3)]
     for n, l, c in cases:
         name = f"fixed_pattern(n={n}, l={l}, c={c})"
-        res = call_student(fixed_pattern_fn, n, l, c, name="fixed_pattern")
+        res = call_without(fixed_pattern_fn, _library("fixed_pattern"), _LIBRARY_MESSAGE, n, l, c,
+                           name="fixed_pattern")
         if not (isinstance(res, tuple) and len(res) == 2):
             raise AssertionError(f"{name}: expected a tuple (A1, A2); got {type(res).__name__}")
         a1, a2 = fixed_pattern(n, l, c)
@@ -209,7 +223,8 @@ def check_reachability(reachability) -> None:
     ]
     for what, layers in cases:
         n = layers[0].shape[0]
-        got = call_student(reachability, [m.clone() for m in layers], name="reachability")
+        got = call_without(reachability, _library("reachable", "hop_distance"), _LIBRARY_MESSAGE,
+                           [m.clone() for m in layers], name="reachability")
         want = reachable(layers)
         mistakes = _reach_variants(layers)
         if isinstance(got, torch.Tensor) and got.dtype != torch.bool and tuple(got.shape) == (n, n):
@@ -228,7 +243,8 @@ def check_layers_needed(layers_needed, mistral_span) -> None:
     got = {}
     for D, W in cases:
         name = f"layers_needed(distance={D}, window={W})"
-        got[D, W] = expect_number(name, call_student(layers_needed, D, W, name="layers_needed"))
+        got[D, W] = expect_number(name, call_without(layers_needed, _library("layers_needed", "receptive_field"),
+                                                   _LIBRARY_MESSAGE, D, W, name="layers_needed"))
     wrong = [(D, W) for D, W in cases if got[D, W] != reference_layers_needed(D, W)]
     if wrong:
         D, W = wrong[0]
