@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from course_lib import sparse
 from course_lib.grading import ch10
+from course_lib.sparse import reachable
 from helpers import stub
 
 
@@ -180,3 +184,115 @@ def test_layers_needed_passes(capsys):
 def test_layers_needed_names_the_mistake(wrong, span, message):
     with pytest.raises(AssertionError, match=message):
         ch10.check_layers_needed(wrong, span)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def schedule(distance, window, *, base=None, start=1, count=None):
+    """Dilations start, start·base, start·base², … for the fewest layers with window^L > distance."""
+    base = window if base is None else base
+    L, span = 0, 1
+    while span <= distance:
+        span, L = span * window, L + 1
+    L = L if count is None else count(distance, window)
+    return [start * base ** r for r in range(L)]
+
+
+def schedule_float_log(distance, window):
+    """The right dilations, with the layer count from math.log (inexact at exact powers)."""
+    L = math.ceil(math.log(distance + 1, window)) if distance else 0
+    return [window ** r for r in range(L)]
+
+
+def schedule_demo_only(distance, window):
+    """Right for the sheet's demo (distance 26, window 3): three layers, whatever the input."""
+    return [1, 3, 9]
+
+
+def test_dilation_schedule_passes(capsys):
+    ch10.check_dilation_schedule(schedule)
+    ch10.check_dilation_schedule(lambda D, W: schedule(D, W)[::-1])          # the order does not matter
+    ch10.check_dilation_schedule(lambda D, W: torch.tensor(schedule(D, W), dtype=torch.long))
+    assert capsys.readouterr().out == "✓ dilation_schedule: all 11 cases passed\n" * 3
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "dilation_schedule is not implemented yet"),
+    (lambda D, W: [1] * (-(-D // (W - 1))), "a plain sliding window"),
+    (lambda D, W: schedule(D, W, base=2, count=lambda D, W: max(1, D).bit_length()) if W > 2 else schedule(D, W),
+     "each layer can multiply the number of reachable offsets by W"),
+    (lambda D, W: schedule(D, W, base=W + 1), "is never reached \\(a hole\\)"),
+    (lambda D, W: schedule(D, W, start=W), "is never reached \\(a hole\\)"),
+    (lambda D, W: schedule(D, W, count=lambda D, W: math.ceil(math.log(D, W)) if D > 1 else 1),
+     "reaches at most \\d+ positions back"),
+    (schedule_float_log, "math.log is inexact|inexact"),
+    (schedule_demo_only, "3 layers reach everything, but 2 are enough|reaches at most"),
+    (lambda D, W: [0.5] * 3, "positive whole number"),
+    (lambda D, W: 3, "expected a list of dilations"),
+    (lambda D, W: schedule(D, W) or [1], "no layer is needed"),
+])
+def test_dilation_schedule_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch10.check_dilation_schedule(wrong)
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def tiles(n, window, sinks, block, *, first_row=True, overlap_once=True, sink_ceil=True, last_block=True, back=None):
+    back = window - 1 if back is None else back
+    s = math.ceil(sinks / block) if sink_ceil else sinks // block
+    count = 0
+    for r in range(math.ceil(n / block) if last_block else n // block):
+        row = r * block if first_row else min(n, (r + 1) * block) - 1
+        lo = max(0, row - back) // block
+        count += r - lo + 1 + (min(s, lo) if overlap_once else min(s, r + 1))
+    return count
+
+
+def tiles_closed_form(n, window, sinks, block):
+    """The same as a sum of minima: min(r + 1, 1 + ⌈(W − 1)/b⌉) window tiles, plus uncovered sink tiles."""
+    s, inner = -(-sinks // block), 1 + -(-(window - 1) // block)
+    return sum(min(r + 1, inner) + min(s, r + 1 - min(r + 1, inner)) for r in range(-(-n // block)))
+
+
+def tiles_with_the_mask(n, window, sinks, block):
+    """Right by construction for small n, but builds the n × n mask: hopeless at n = 2²⁰."""
+    from course_lib.sparse import block_layout, sliding_window_mask
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None]
+    return int(block_layout(sliding_window_mask(n, window) | ((j < sinks) & (j <= i)), block).sum())
+
+
+def test_sink_window_tiles_passes(capsys):
+    ch10.check_sink_window_tiles(tiles)
+    ch10.check_sink_window_tiles(tiles_closed_form)
+    assert capsys.readouterr().out == "✓ sink_window_tiles: all 11 cases passed\n" * 2
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "sink_window_tiles is not implemented yet"),
+    (lambda *a: tiles(*a, first_row=False), "FIRST row"),
+    (lambda *a: tiles(*a, overlap_once=False), "counted again where the window already covers them"),
+    (lambda *a: tiles(*a, sink_ceil=False), "a partly filled tile is computed whole"),
+    (lambda n, W, s, b: tiles(n, W, 0, b), "the sinks were forgotten"),
+    (lambda *a: tiles(*a, last_block=False), "the last, partial query block"),
+    (lambda *a: tiles(*a, back=a[1]), "W \\+ 1 keys"),
+    (lambda n, W, s, b: math.ceil(ch10._nnz_sink_window(n, W, s) / b ** 2), "counted non-zeros / b²"),
+    (lambda n, W, s, b: math.ceil(n / b) * (math.ceil(W / b) + 1), "window is cut at key 0"),
+    (tiles_with_the_mask, "ran out of memory"),
+    (lambda *a: None, "expected a number"),
+    (lambda *a: tiles(*a) + (a[0] == 100), "n=100, window=17, sinks=1, block=8\\): expected \\d+ tiles; got"),
+])
+def test_sink_window_tiles_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch10.check_sink_window_tiles(wrong)
+
+
+# ----------------------------------------------------------------------------- the warm-ups call the library
+@pytest.mark.parametrize("check, wrong", [
+    (ch10.check_sliding_window, sparse.sliding_window_mask),
+    (ch10.check_strided, lambda n, l: sparse.strided_pattern(n, l)),
+    (ch10.check_fixed, lambda n, l, c: sparse.fixed_pattern(n, l, c)),
+    (ch10.check_reachability, lambda masks: reachable(masks)),
+    (lambda fn: ch10.check_layers_needed(fn, 32 * 4096), lambda D, W: sparse.layers_needed(D, W)),
+])
+def test_calling_course_lib_sparse_fails(check, wrong):
+    with pytest.raises(AssertionError, match="course_lib.sparse does the work here"):
+        check(wrong)

@@ -7,24 +7,46 @@ Tasks, in the order of the exercise notebook:
 2. ``moe_forward(x, weights, indices, experts)`` → ``[T, d]`` — ``y_t = Σ_j w_tj · E_{i_tj}(x_t)``
    computed by dispatch: each expert called once, on the batch of its tokens;
 3. ``load_balancing_loss(probs, indices, alpha)`` → scalar — ``α · n · Σ_i f_i · P_i``;
-4. ``param_count(...)`` → ``(total, active)`` — parameters of a Mixtral-shaped MoE model.
+4. ``param_count(...)`` → ``(total, active)`` — parameters of a Mixtral-shaped MoE model;
+5. (transfer) ``expert_choice(x, logits, experts, capacity_factor)`` → ``(y [T, d], unrouted [T])`` —
+   expert-choice routing (Zhou et al., 2022): every expert picks its ``⌈cf · T / n⌉`` best tokens;
+6. (transfer) ``priority_keep_mask(indices, n_experts, capacity_factor)`` → ``[T, k]`` bool — the
+   capacity ``⌈cf · k · T / n⌉`` of top-k routing with GShard's priority (all first choices first).
 
 References come from ``course_lib.moe`` (tested in ``tests/test_moe.py``); when an answer is
 wrong, the check recomputes the known wrong answers (softmax over tokens, weights not
-renormalised, f_i from probabilities, the missing factor n, …) and names the one it matches.
+renormalised, f_i from probabilities, the missing factor n, token-order instead of slot priority,
+the capacity without k, …) and names the one it matches; the forward and expert-choice checks also
+count the expert calls and the rows each call gets (dispatch, not a loop or a dense pass).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import course_lib.model
+import course_lib.moe
 from course_lib.ffn import build_feed_forward
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without
 from course_lib.model import ModelConfig, count_parameters
 from course_lib.moe import load_balancing_loss, moe_naive, top_k_gating
 
-__all__ = ["check_top_k_gating", "check_moe_forward", "check_load_balancing_loss", "check_param_count"]
+__all__ = ["check_top_k_gating", "check_moe_forward", "check_load_balancing_loss", "check_param_count",
+           "check_expert_choice", "check_priority_keep_mask", "EXPERT_CHOICE_CASES"]
+
+
+_LIBRARY_MESSAGE = ("course_lib does the work here: it is the reference the check compares you with; write it "
+                    "with plain torch")
+
+
+def _library(*names: str) -> list[tuple[object, str]]:
+    """The functions of ``course_lib.moe`` that an answer must not call (they are its reference)."""
+    return [(course_lib.moe, n) for n in names]
 
 
 def _pair(name: str, res):
@@ -46,7 +68,8 @@ def check_top_k_gating(top_k_gating_fn) -> None:
     for T, n, k, scale in cases:
         name = f"top_k_gating(logits [{T}, {n}], k={k})"
         logits = torch.randn(T, n, generator=g, dtype=torch.float64) * scale
-        res = _pair(name, call_student(top_k_gating_fn, logits.clone(), k, name="top_k_gating"))
+        res = _pair(name, call_without(top_k_gating_fn, _library("top_k_gating", "router_probs"), _LIBRARY_MESSAGE,
+                                         logits.clone(), k, name="top_k_gating"))
         w_got = expect_tensor(f"{name}: weights", res[0], (T, k))
         i_got = expect_tensor(f"{name}: indices", res[1], (T, k))
         if i_got.is_floating_point():
@@ -77,14 +100,15 @@ def check_top_k_gating(top_k_gating_fn) -> None:
 
 # ----------------------------------------------------------------------------- task 2
 class _Counting(nn.Module):
-    """Wraps an expert and counts its calls (the dispatch calls each expert at most once)."""
+    """Wraps an expert and counts its calls and the rows it was given (dispatch: once, on its own tokens)."""
 
     def __init__(self, expert: nn.Module):
         super().__init__()
-        self.expert, self.calls = expert, 0
+        self.expert, self.calls, self.rows = expert, 0, 0
 
     def forward(self, x):
         self.calls += 1
+        self.rows += int(x.shape[0]) if x.dim() > 1 else 1
         return self.expert(x)
 
 
@@ -101,7 +125,8 @@ def check_moe_forward(moe_forward) -> None:
         w, idx, _ = top_k_gating(torch.randn(T, n, generator=g, dtype=torch.float64), k)
         counting = nn.ModuleList(_Counting(e) for e in experts)
         with torch.no_grad():
-            got = call_student(moe_forward, x.clone(), w.clone(), idx.clone(), counting, name="moe_forward")
+            got = call_without(moe_forward, _library("moe_dispatch", "moe_naive", "dense_moe"), _LIBRARY_MESSAGE,
+                               x.clone(), w.clone(), idx.clone(), counting, name="moe_forward")
             got = expect_tensor(name, got, (T, d))
             want = moe_naive(x, w, idx, experts)
             outs = torch.stack([e(x) for e in experts], dim=1)          # [T, n, d]
@@ -125,6 +150,13 @@ def check_moe_forward(moe_forward) -> None:
         if wasted:
             raise AssertionError(f"{name}: expert {wasted[0]} received no token but was called: a sparse MoE runs "
                                  "only the experts it routed tokens to")
+        routed = torch.bincount(idx.reshape(-1), minlength=n).tolist()
+        extra = [i for i, e in enumerate(counting) if e.rows > routed[i]]
+        if extra:
+            e = extra[0]
+            raise AssertionError(f"{name}: expert {e} was run on {counting[e].rows} rows but only {routed[e]} "
+                                 f"assignments were routed to it: gather its tokens (x[rows]) and run it on "
+                                 "those only, not on the whole batch")
     passed("MoE forward", len(cases))
 
 
@@ -151,7 +183,8 @@ def check_load_balancing_loss(load_balancing_loss_fn) -> None:
         else:
             idx = probs.topk(k, -1).indices
         p_in = probs.clone().requires_grad_(True)
-        got = call_student(load_balancing_loss_fn, p_in, idx.clone(), alpha, name="load_balancing_loss")
+        got = call_without(load_balancing_loss_fn, _library("load_balancing_loss", "expert_fractions"), _LIBRARY_MESSAGE,
+                           p_in, idx.clone(), alpha, name="load_balancing_loss")
         value = expect_number(name, got)
         want = load_balancing_loss(probs, idx, alpha)
         counts = torch.bincount(idx.reshape(-1), minlength=n).double()
@@ -200,7 +233,8 @@ def check_param_count(param_count) -> None:
     ]
     for what, cfg in cases:
         name = f"param_count for {what}"
-        res = call_student(param_count, **cfg, name="param_count")
+        res = call_without(param_count, [(course_lib.model, "count_parameters")], _LIBRARY_MESSAGE, **cfg,
+                           name="param_count")
         if not (isinstance(res, (tuple, list)) and len(res) == 2):
             raise AssertionError(f"{name}: expected a pair (total, active); got {type(res).__name__}")
         got = tuple(int(round(expect_number(name, v))) for v in res)
@@ -232,3 +266,164 @@ def check_param_count(param_count) -> None:
                 raise AssertionError(f"{name}: {message}")
         raise AssertionError(f"{name}: got (total, active) = {got}; expected {want}")
     passed("parameter count", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+class _Rows(nn.Module):
+    """Wraps an expert; records the number of rows of every call (expert choice: one call of c rows)."""
+
+    def __init__(self, expert: nn.Module):
+        super().__init__()
+        self.expert, self.rows = expert, []
+
+    def forward(self, x):
+        self.rows.append(int(x.shape[0]) if x.dim() > 1 else 1)
+        return self.expert(x)
+
+
+def _expert_choice(x, logits, experts, capacity, *, probs_dim=-1, renorm=False, gated=True):
+    """Expert-choice MoE (Zhou et al., 2022): every expert takes its ``capacity`` highest-scoring tokens.
+
+    ``S = softmax(logits)`` over the experts ``[T, n]``; expert ``e`` picks ``topk(S[:, e], c)``;
+    ``y_t = Σ_{(e, slot) : I[e, slot] = t} G[e, slot] · E_e(x_t)``. Returns ``(y [T, d], unrouted [T])``.
+    """
+    T, n = logits.shape
+    S = torch.softmax(logits, dim=probs_dim)
+    G, I = S.t().topk(capacity, dim=-1)                      # [n, c] gates and token ids, one row per expert
+    if renorm:                                               # per token: the gates it received sum to 1
+        total = torch.zeros(T, dtype=S.dtype).index_add_(0, I.reshape(-1), G.reshape(-1))
+        G = G / total[I]
+    if not gated:
+        G = torch.ones_like(G)
+    y = torch.zeros_like(x)
+    for e in range(n):
+        y.index_add_(0, I[e], G[e, :, None] * experts[e](x[I[e]]))
+    routed = torch.zeros(T, dtype=torch.bool)
+    routed[I.reshape(-1)] = True
+    return y, ~routed
+
+
+EXPERT_CHOICE_CASES = [  # T, n, d, capacity_factor
+    (8, 4, 4, 1.0), (12, 3, 6, 2.0), (10, 4, 5, 1.0), (16, 8, 4, 0.5), (9, 2, 4, 1.5), (5, 5, 3, 3.0),
+]
+
+
+def check_expert_choice(expert_choice_fn) -> None:
+    """Task 5: expert-choice routing — every expert takes its ⌈capacity_factor · T / n⌉ best tokens."""
+    g = torch.Generator().manual_seed(805)
+    cases = list(EXPERT_CHOICE_CASES)
+    for _ in range(3):                                        # sizes the sheet does not print
+        n = int(torch.randint(2, 7, (1,), generator=g))
+        T = int(torch.randint(n + 1, 30, (1,), generator=g))
+        cf = [0.75, 1.0, 1.25, 2.0][int(torch.randint(0, 4, (1,), generator=g))]
+        cases.append((T, n, int(torch.randint(3, 7, (1,), generator=g)), cf))
+    for T, n, d, cf in cases:
+        name = f"expert_choice(T={T}, n_experts={n}, capacity_factor={cf})"
+        c = math.ceil(cf * T / n)
+        torch.manual_seed(T * 31 + n)
+        experts = nn.ModuleList(build_feed_forward("swiglu", d, 2 * d, bias=False, dtype=torch.float64)
+                                for _ in range(n))
+        x = torch.randn(T, d, generator=g, dtype=torch.float64)
+        logits = torch.randn(T, n, generator=g, dtype=torch.float64) * 2
+        wrapped = nn.ModuleList(_Rows(e) for e in experts)
+        with torch.no_grad():
+            res = call_student(expert_choice_fn, x.clone(), logits.clone(), wrapped, cf, name="expert_choice")
+            if not (isinstance(res, (tuple, list)) and len(res) == 2):
+                raise AssertionError(f"{name}: expected a pair (y, unrouted); got {type(res).__name__}")
+            y = expect_tensor(f"{name}: y", res[0], (T, d))
+            unrouted = expect_tensor(f"{name}: unrouted", res[1], (T,))
+            want_y, want_un = _expert_choice(x, logits, experts, c)
+            for e, rows in enumerate(w.rows for w in wrapped):
+                if len(rows) != 1:
+                    raise AssertionError(
+                        f"{name}: expert {e} was called {len(rows)} times; in expert choice every expert is called "
+                        f"exactly once, on the batch of the c tokens it picked")
+                if rows[0] != c:
+                    if rows[0] == c - 1 and c - 1 == math.floor(cf * T / n):
+                        raise AssertionError(f"{name}: capacity rounded down; c = ⌈capacity_factor · T / n⌉ = {c}")
+                    if rows[0] == T:
+                        raise AssertionError(f"{name}: expert {e} was run on all {T} tokens; run it on the c = {c} "
+                                             "tokens it picked only")
+                    raise AssertionError(
+                        f"{name}: expert {e} processed {rows[0]} tokens; with expert choice every expert takes exactly "
+                        f"c = ⌈capacity_factor · T / n⌉ = {c} tokens (the k best tokens per expert, not the k best "
+                        "experts per token)")
+            expect_close(f"{name}: y", y, want_y, mistakes={
+                "softmax over the tokens instead of the experts: S = softmax(x W_g) is still a distribution over "
+                "the n experts for each token (dim = -1); the experts then pick along the token axis":
+                    _expert_choice(x, logits, experts, c, probs_dim=0)[0],
+                "the gates were renormalised per token; expert choice uses the router probabilities S[t, e] as they "
+                "are (a token may be picked by several experts, or none)": _expert_choice(x, logits, experts, c,
+                                                                                          renorm=True)[0],
+                "forgot the gate values: multiply each expert's output by G[e, slot] = S[t, e]":
+                    _expert_choice(x, logits, experts, c, gated=False)[0],
+            })
+        if unrouted.dtype != torch.bool:
+            raise AssertionError(f"{name}: unrouted must be a bool tensor (True = no expert picked the token); "
+                                 f"got {unrouted.dtype}")
+        if torch.equal(unrouted, ~want_un):
+            raise AssertionError(f"{name}: unrouted is inverted: True marks the tokens that NO expert picked")
+        if not torch.equal(unrouted, want_un):
+            raise AssertionError(f"{name}: unrouted marks tokens {unrouted.nonzero().flatten().tolist()}; the tokens "
+                                 f"no expert picked are {want_un.nonzero().flatten().tolist()}")
+    passed("expert choice", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _priority_keep(indices: torch.Tensor, n_experts: int, capacity: int, *, token_order=False) -> torch.Tensor:
+    """``[T, k]`` bool: GShard's priority — every first choice (slot 0, in token order) before any second…"""
+    T, k = indices.shape
+    flat = indices.reshape(-1) if token_order else indices.t().reshape(-1)      # the order of arrival
+    onehot = F.one_hot(flat, n_experts)
+    position = (onehot.cumsum(0) * onehot).sum(-1) - 1                           # place in its expert's queue
+    keep = position < capacity
+    return keep.reshape(T, k) if token_order else keep.reshape(k, T).t()
+
+
+def _routing(T: int, n: int, k: int, skew: float, g: torch.Generator) -> torch.Tensor:
+    logits = torch.randn(T, n, generator=g) + skew * torch.linspace(1, 0, n)
+    return logits.topk(k, -1).indices
+
+
+def check_priority_keep_mask(keep_mask_fn) -> None:
+    """Task 6: capacity ⌈cf · k · T / n⌉ per expert, first choices of all tokens served before second choices."""
+    g = torch.Generator().manual_seed(806)
+    cases = [(16, 4, 2, 1.0, 1.5), (20, 5, 2, 1.25, 2.0), (12, 3, 2, 0.5, 0.0), (30, 6, 2, 2.0, 3.0)]
+    for _ in range(4):                                  # routings the sheet does not print, k = 1 … 3
+        n = int(torch.randint(3, 9, (1,), generator=g))
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        T = int(torch.randint(8, 40, (1,), generator=g))
+        cf = [0.5, 1.0, 1.25, 1.5][int(torch.randint(0, 4, (1,), generator=g))]
+        cases.append((T, n, k, cf, float(torch.rand((), generator=g)) * 3))
+    F_ = math.floor
+    for T, n, k, cf, skew in cases:
+        name = f"priority_keep_mask(T={T}, n_experts={n}, k={k}, capacity_factor={cf})"
+        indices = _routing(T, n, k, skew, g)
+        got = call_without(keep_mask_fn, _library("capacity_keep_mask", "expert_capacity"), _LIBRARY_MESSAGE,
+                           indices.clone(), n, cf, name="priority_keep_mask")
+        got = expect_tensor(name, got, (T, k))
+        if got.dtype != torch.bool:
+            raise AssertionError(f"{name}: expected a bool mask (True = the assignment is kept); got {got.dtype}")
+        C = math.ceil(cf * k * T / n)
+        want = _priority_keep(indices, n, C)
+        if torch.equal(got, want):
+            continue
+        mistakes = {
+            "first come, first served in token order (token 0's choices, then token 1's, …): GShard serves "
+            "the first choices of ALL tokens before any second choice, so a token loses its second expert "
+            "before another token loses its first": _priority_keep(indices, n, C, token_order=True),
+            "capacity without k: there are k · T assignments to share, C = ⌈capacity_factor · k · T / n⌉":
+                _priority_keep(indices, n, math.ceil(cf * T / n)),
+            "capacity rounded down: C = ⌈capacity_factor · k · T / n⌉ (a ceiling)":
+                _priority_keep(indices, n, F_(cf * k * T / n)),
+            "one assignment too many per expert (≤ C instead of < C: queue places are counted from 0)":
+                _priority_keep(indices, n, C + 1),
+            "token order and no k in the capacity": _priority_keep(indices, n, math.ceil(cf * T / n),
+                                                                   token_order=True),
+        }
+        for message, alt in mistakes.items():
+            if not torch.equal(alt, want) and torch.equal(got, alt):
+                raise AssertionError(f"{name}: {message}")
+        raise AssertionError(f"{name}: {int((got != want).sum())} of the {T * k} assignments wrongly kept or "
+                             f"dropped (capacity C = {C} per expert)")
+    passed("priority keep mask", len(cases))

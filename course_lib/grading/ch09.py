@@ -6,7 +6,11 @@ Tasks, in the order of the exercise notebook:
 2. ``rms_norm_forward(x, gamma, eps)`` — RMSNorm over the last dimension;
 3. ``block_forward(x, attn, ffn, norm1, norm2, placement)`` — a Transformer block with its two
    residual sub-layers and the norms placed ``"pre"`` or ``"post"``;
-4. ``prms_norm_forward(x, gamma, p, eps)`` — partial RMSNorm (the RMS of the first ⌈p·n⌉ entries).
+4. ``prms_norm_forward(x, gamma, p, eps)`` — partial RMSNorm (the RMS of the first ⌈p·n⌉ entries);
+5. (transfer) ``layer_norm_backward(x, gamma, grad_y, eps)`` → ``(grad_x, grad_gamma, grad_beta)`` —
+   LayerNorm's gradient derived by hand; compared with autograd, which the answer may not call;
+6. (transfer) ``fold_centring(W, b)`` → ``(W', b')`` — the centring of LayerNorm folded into the linear
+   layer before it, so that ``LayerNorm(hW + b) = RMSNorm(hW' + b')`` (γ, β and ε unchanged).
 
 References come from ``course_lib.norms`` (tested against ``torch.nn.functional.layer_norm`` and
 ``rms_norm``). When an answer is wrong, the check recomputes the known wrong answers (unbiased
@@ -22,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.grading import call_student, expect_close, expect_tensor, passed
+from course_lib.grading.forbid import call_without
 from course_lib.norms import layer_norm, residual_block, rms_norm
 
-__all__ = ["check_layer_norm", "check_rms_norm", "check_block", "check_prms_norm"]
+__all__ = ["check_layer_norm", "check_rms_norm", "check_block", "check_prms_norm", "check_layer_norm_backward",
+           "check_fold_centring"]
 
 _HALF_TOL = dict(atol=1e-2, rtol=1e-2)   # fp16 inputs: the student may keep the statistics in fp16
 
@@ -70,6 +76,29 @@ def _over_all(x, eps, centre=True):
     return c / ((c * c).mean() + eps).sqrt()
 
 
+_LIBRARY_NORMS_MESSAGE = ("a library norm (F.layer_norm, F.rms_norm, nn.LayerNorm, course_lib.norms, …) does the "
+                          "work here: compute it from the formula with mean, sqrt, … (the library is what the check "
+                          "compares you with)")
+_AUTOGRAD_MESSAGE = ("autograd does the work here: derive the gradient and compute it with tensor operations "
+                     "(autograd is what the check compares you with)")
+
+
+def _library_norms() -> list[tuple[object, str]]:
+    """The library norms an answer must not call: it is asked to compute them from the formula."""
+    from course_lib import norms
+    return [(F, "layer_norm"), (torch, "layer_norm"), (F, "rms_norm"), (torch, "rms_norm"), (F, "group_norm"),
+            (torch.nn.LayerNorm, "forward"), (torch.nn.RMSNorm, "forward"), (norms, "layer_norm"), (norms, "rms_norm"),
+            (norms.LayerNorm, "forward"), (norms.RMSNorm, "forward"), (torch.nn, "LayerNorm"), (torch.nn, "RMSNorm"),
+            (norms, "LayerNorm"), (norms, "RMSNorm")]
+
+
+def _autograd() -> list[tuple[object, str]]:
+    """Every entry point of autograd: the task is to derive the gradient, not to ask for it."""
+    return [(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"),
+            (torch.autograd.functional, "vjp"), (torch.autograd.functional, "jacobian"),
+            (torch.func, "vjp"), (torch.func, "grad"), (torch.func, "jacrev")]
+
+
 # ----------------------------------------------------------------------------- task 1
 def check_layer_norm(layer_norm_forward) -> None:
     """Task 1: ``(x − μ) / √(σ² + ε) · γ + β`` over the last dimension, σ² the biased variance."""
@@ -78,7 +107,8 @@ def check_layer_norm(layer_norm_forward) -> None:
         n = x.shape[-1]
         gamma, beta = _gamma_beta(n, x.dtype, 910 + i)
         name = f"layer_norm_forward on {what}"
-        got = call_student(layer_norm_forward, x.clone(), gamma.clone(), beta.clone(), eps, name="layer_norm_forward")
+        got = call_without(layer_norm_forward, _library_norms(), _LIBRARY_NORMS_MESSAGE, x.clone(), gamma.clone(),
+                           beta.clone(), eps, name="layer_norm_forward")
         got = expect_tensor(name, got, tuple(x.shape))
         want = layer_norm(x.double(), gamma.double(), beta.double(), eps).to(x.dtype)
         gd, bd = gamma.double(), beta.double()
@@ -111,7 +141,8 @@ def check_rms_norm(rms_norm_forward) -> None:
         n = x.shape[-1]
         gamma, _ = _gamma_beta(n, x.dtype, 920 + i)
         name = f"rms_norm_forward on {what}"
-        got = call_student(rms_norm_forward, x.clone(), gamma.clone(), eps, name="rms_norm_forward")
+        got = call_without(rms_norm_forward, _library_norms(), _LIBRARY_NORMS_MESSAGE, x.clone(), gamma.clone(), eps,
+                           name="rms_norm_forward")
         got = expect_tensor(name, got, tuple(x.shape))
         want = rms_norm(x.double(), gamma.double(), eps).to(x.dtype)
         gd = gamma.double()
@@ -207,7 +238,8 @@ def check_prms_norm(prms_norm_forward) -> None:
         n, eps = shape[-1], 1e-6
         gamma, _ = _gamma_beta(n, dtype, 940 + i)
         name = f"prms_norm_forward(p={p}) on x {list(shape)}, {str(dtype).replace('torch.', '')}"
-        got = call_student(prms_norm_forward, x.clone(), gamma.clone(), p, eps, name="prms_norm_forward")
+        got = call_without(prms_norm_forward, _library_norms(), _LIBRARY_NORMS_MESSAGE, x.clone(), gamma.clone(), p,
+                           eps, name="prms_norm_forward")
         got = expect_tensor(name, got, tuple(x.shape))
         xd, gd = x.double(), gamma.double()
         k = math.ceil(p * n)
@@ -235,3 +267,115 @@ def check_prms_norm(prms_norm_forward) -> None:
             "γ missing: multiply by gamma after normalising": (want.double() / gd).to(dtype),
         })
     passed("prms_norm", len(specs))
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def _ln_backward(x, gamma, grad_y, eps, *, mean_term=True, var_term=True, with_gamma=True, with_eps=True):
+    """Gradients of ``y = LayerNorm(x) · γ + β`` (float64), by the formula, with optional mistakes."""
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    inv = 1 / (var + (eps if with_eps else 0.0)).sqrt()
+    xhat = (x - mu) * inv
+    gx = grad_y * gamma if with_gamma else grad_y
+    dx = gx
+    if mean_term:
+        dx = dx - gx.mean(-1, keepdim=True)
+    if var_term:
+        dx = dx - xhat * (gx * xhat).mean(-1, keepdim=True)
+    return dx * inv
+
+
+def check_layer_norm_backward(layer_norm_backward) -> None:
+    """Task 5: ``(∂L/∂x, ∂L/∂γ, ∂L/∂β)`` of LayerNorm, derived by hand; compared with autograd, autograd refused."""
+    g = torch.Generator().manual_seed(905)
+    specs = [((2, 6), 1e-5), ((3, 4, 8), 1e-5), ((5, 5), 0.1), ((1, 16), 1e-5), ((2, 2, 3, 10), 0.5)]
+    for _ in range(2):                                   # shapes the sheet does not print
+        n = int(torch.randint(2, 40, (1,), generator=g))
+        specs.append(((int(torch.randint(1, 6, (1,), generator=g)), n), 1e-5))
+    for shape, eps in specs:
+        n = shape[-1]
+        name = f"layer_norm_backward(x {list(shape)}, eps={eps})"
+        x = torch.randn(*shape, generator=g, dtype=torch.float64) * 2 + 0.5
+        gamma = 1 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+        grad_y = torch.randn(*shape, generator=g, dtype=torch.float64)
+        res = call_without(layer_norm_backward, _autograd(), _AUTOGRAD_MESSAGE, x.clone(), gamma.clone(),
+                           grad_y.clone(), eps, name="layer_norm_backward")
+        if not (isinstance(res, (tuple, list)) and len(res) == 3):
+            raise AssertionError(f"{name}: expected a triple (grad_x, grad_gamma, grad_beta); got {type(res).__name__}")
+        xr, gr, br = (t.clone().requires_grad_(True) for t in (x, gamma, torch.zeros(n, dtype=torch.float64)))
+        F.layer_norm(xr, (n,), gr, br, eps).backward(grad_y)                 # the reference: autograd
+        got_x = expect_tensor(f"{name}: grad_x", res[0], tuple(shape))
+        for label, got, want in (("grad_gamma", res[1], gr.grad), ("grad_beta", res[2], br.grad)):
+            if isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(shape):
+                raise AssertionError(f"{name}: {label} has the shape of x: γ and β are shared by every vector, so "
+                                     f"sum their gradients over all dimensions but the last (shape [{n}])")
+            expect_tensor(f"{name}: {label}", got, (n,))
+        lead = tuple(range(len(shape) - 1))
+        xhat = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+        expect_close(f"{name}: grad_x", got_x, xr.grad, mistakes={
+            "μ treated as a constant: every x_i moves the mean too, which adds −mean(g) (g = ∂L/∂y · γ)":
+                _ln_backward(x, gamma, grad_y, eps, mean_term=False),
+            "σ treated as a constant: every x_i moves the variance too, which adds −x̂ · mean(g · x̂)":
+                _ln_backward(x, gamma, grad_y, eps, var_term=False),
+            "μ and σ both treated as constants: ∂L/∂x is not just g / σ":
+                _ln_backward(x, gamma, grad_y, eps, mean_term=False, var_term=False),
+            "γ forgotten: the upstream gradient reaching x̂ is ∂L/∂y · γ":
+                _ln_backward(x, gamma, grad_y, eps, with_gamma=False),
+            "ε missing: σ is √(variance + ε), in the backward pass as in the forward":
+                _ln_backward(x, gamma, grad_y, eps, with_eps=False),
+        })
+        expect_close(f"{name}: grad_gamma", res[1], gr.grad, mistakes={
+            "∂L/∂γ uses x instead of the normalised x̂: y = x̂ · γ + β": (grad_y * x).sum(lead),
+            "∂L/∂γ averaged over the vectors; sum it (every vector adds its share)": (grad_y * xhat).mean(lead)
+            if lead else None,
+            "∂L/∂γ is Σ ∂L/∂y · x̂, without γ": (grad_y * xhat * gamma).sum(lead),
+        })
+        expect_close(f"{name}: grad_beta", res[2], br.grad, mistakes={
+            "∂L/∂β averaged over the vectors; sum it": grad_y.mean(lead) if lead else None,
+            "∂L/∂β is Σ ∂L/∂y, without γ (β is added after the scaling)": (grad_y * gamma).sum(lead),
+        })
+    passed("layer_norm_backward", len(specs))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def check_fold_centring(fold_centring) -> None:
+    """Task 6: ``W' = W − mean over the output features``, ``b' = b − mean(b)``: LN(hW + b) = RMSNorm(hW' + b') + β."""
+    g = torch.Generator().manual_seed(906)
+    specs = [(6, 4, 1e-5), (3, 8, 1e-5), (5, 5, 0.1), (10, 16, 1e-5)]
+    for _ in range(2):                                   # sizes the sheet does not print
+        specs.append((int(torch.randint(2, 24, (1,), generator=g)), int(torch.randint(2, 24, (1,), generator=g)),
+                      1e-5))
+    for d_in, n, eps in specs:
+        name = f"fold_centring(W [{d_in}, {n}], b [{n}])"
+        W = torch.randn(d_in, n, generator=g, dtype=torch.float64) / math.sqrt(d_in) + 0.3
+        b = torch.randn(n, generator=g, dtype=torch.float64) + 1.0
+        res = call_student(fold_centring, W.clone(), b.clone(), name="fold_centring")
+        if not (isinstance(res, (tuple, list)) and len(res) == 2):
+            raise AssertionError(f"{name}: expected a pair (W_folded, b_folded); got {type(res).__name__}")
+        W2 = expect_tensor(f"{name}: W_folded", res[0], (d_in, n))
+        b2 = expect_tensor(f"{name}: b_folded", res[1], (n,))
+        # the point of the task: the folded layer followed by RMSNorm (no centring) is the LayerNorm of the old one
+        h = torch.randn(7, d_in, generator=g, dtype=torch.float64) * 3
+        gamma, beta = 1 + 0.3 * torch.randn(n, generator=g, dtype=torch.float64), torch.randn(n, generator=g,
+                                                                                           dtype=torch.float64)
+        want = F.layer_norm(h @ W + b, (n,), gamma, beta, eps)
+        got = F.rms_norm(h @ W2.double() + b2.double(), (n,), gamma, eps) + beta
+        if torch.allclose(got, want, atol=1e-9, rtol=1e-7):
+            continue
+        centre = lambda t: t - t.mean(-1, keepdim=True)                          # noqa: E731
+        by = lambda Wx, bx: F.rms_norm(h @ Wx + bx, (n,), gamma, eps) + beta    # noqa: E731
+        expect_close(f"{name}: RMSNorm(h W_folded + b_folded) · γ + β vs LayerNorm(h W + b) · γ + β", got, want,
+                     mistakes={
+            "centred along the wrong axis (over the d_in inputs): each output feature must lose the mean over the n "
+            "outputs, i.e. every row of W has mean 0 (W.mean(-1, keepdim=True))": by(W - W.mean(0, keepdim=True),
+                                                                                     centre(b)),
+            "the bias was not centred: LayerNorm subtracts the mean of h W + b, and b contributes mean(b)":
+                by(centre(W), b),
+            "the weights were not centred, only the bias": by(W, centre(b)),
+            "subtracted the mean of all of W (one number): centre each row over the output features":
+                by(W - W.mean(), b - b.mean()),
+            "also divided by a standard deviation: only the centring can be folded into a linear layer (the "
+            "division depends on the input, RMSNorm still does it)": by(centre(W) / W.std(-1, keepdim=True),
+                                                                        centre(b) / b.std()),
+        }, atol=1e-9, rtol=1e-7)
+    passed("fold_centring", len(specs))

@@ -6,7 +6,12 @@ Tasks, in the order of the exercise notebook:
 2. ``strided_pattern(n, l)`` → ``(A1, A2)`` — the Sparse Transformer's strided pattern;
 3. ``fixed_pattern(n, l, c)`` → ``(A1, A2)`` — the fixed pattern, blocks plus summary columns;
 4. ``reachability(masks)`` — which inputs reach which outputs through a stack of layers;
-5. ``layers_needed(distance, window)`` — sliding-window layers to see ``distance`` back.
+5. ``layers_needed(distance, window)`` — sliding-window layers to see ``distance`` back;
+6. (transfer) ``dilation_schedule(distance, window)`` — the dilations of the shortest stack of dilated
+   windows that reaches every offset 0 … distance (checked by reachability, and against the lower
+   bound W^L > distance);
+7. (transfer) ``sink_window_tiles(n, window, sinks, block)`` — the ``b × b`` tiles a block-sparse kernel
+   computes for attention sinks plus a sliding window (StreamingLLM), for n too long for an n × n mask.
 
 Each check builds the reference with ``course_lib.sparse`` (whose masks are tested against
 their set definitions) and, when the student's answer is wrong, recomputes the known wrong
@@ -15,11 +20,17 @@ answers (window of W + 1, mask transposed, not causal, …) to name the mistake.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+import course_lib.sparse
 from course_lib.grading import call_student, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without
 from course_lib.masks import causal_mask
 from course_lib.sparse import (
+    block_layout,
+    dilated_window_mask,
     fixed_pattern,
     layers_needed as reference_layers_needed,
     reachable,
@@ -33,7 +44,19 @@ __all__ = [
     "check_fixed",
     "check_reachability",
     "check_layers_needed",
+    "check_dilation_schedule",
+    "check_sink_window_tiles",
+    "SINK_TILE_CASES",
 ]
+
+
+_LIBRARY_MESSAGE = ("course_lib.sparse does the work here: it is the reference the check compares you with; "
+                    "build it with torch operations")
+
+
+def _library(*names: str) -> list[tuple[object, str]]:
+    """The functions of ``course_lib.sparse`` that an answer must not call (they are its reference)."""
+    return [(course_lib.sparse, n) for n in names]
 
 
 def _ij(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +94,8 @@ def check_sliding_window(sliding_window_mask_fn) -> None:
     cases = [(8, 3), (10, 4), (7, 1), (6, 6), (5, 9), (13, 5), (1, 2)]
     for T, W in cases:
         name = f"sliding_window_mask(T={T}, window={W})"
-        got = call_student(sliding_window_mask_fn, T, W, name="sliding_window_mask")
+        got = call_without(sliding_window_mask_fn, _library("sliding_window_mask", "dilated_window_mask"),
+                           _LIBRARY_MESSAGE, T, W, name="sliding_window_mask")
         want = sliding_window_mask(T, W)
         i, j = _ij(T)
         d = i - j
@@ -95,7 +119,8 @@ def check_strided(strided_pattern_fn) -> None:
     cases = [(16, 4), (17, 4), (23, 5), (12, 3), (9, 1), (6, 8)]
     for n, l in cases:
         name = f"strided_pattern(n={n}, l={l})"
-        res = call_student(strided_pattern_fn, n, l, name="strided_pattern")
+        res = call_without(strided_pattern_fn, _library("strided_pattern"), _LIBRARY_MESSAGE, n, l,
+                           name="strided_pattern")
         if not (isinstance(res, tuple) and len(res) == 2):
             raise AssertionError(f"{name}: expected a tuple (A1, A2); got {type(res).__name__}")
         a1, a2 = strided_pattern(n, l)
@@ -130,7 +155,8 @@ def check_fixed(fixed_pattern_fn) -> None:
     cases = [(16, 4, 1), (17, 4, 2), (23, 5, 2), (12, 3, 3), (10, 4, 1), (5, 8, 3)]
     for n, l, c in cases:
         name = f"fixed_pattern(n={n}, l={l}, c={c})"
-        res = call_student(fixed_pattern_fn, n, l, c, name="fixed_pattern")
+        res = call_without(fixed_pattern_fn, _library("fixed_pattern"), _LIBRARY_MESSAGE, n, l, c,
+                           name="fixed_pattern")
         if not (isinstance(res, tuple) and len(res) == 2):
             raise AssertionError(f"{name}: expected a tuple (A1, A2); got {type(res).__name__}")
         a1, a2 = fixed_pattern(n, l, c)
@@ -197,7 +223,8 @@ def check_reachability(reachability) -> None:
     ]
     for what, layers in cases:
         n = layers[0].shape[0]
-        got = call_student(reachability, [m.clone() for m in layers], name="reachability")
+        got = call_without(reachability, _library("reachable", "hop_distance"), _LIBRARY_MESSAGE,
+                           [m.clone() for m in layers], name="reachability")
         want = reachable(layers)
         mistakes = _reach_variants(layers)
         if isinstance(got, torch.Tensor) and got.dtype != torch.bool and tuple(got.shape) == (n, n):
@@ -216,7 +243,8 @@ def check_layers_needed(layers_needed, mistral_span) -> None:
     got = {}
     for D, W in cases:
         name = f"layers_needed(distance={D}, window={W})"
-        got[D, W] = expect_number(name, call_student(layers_needed, D, W, name="layers_needed"))
+        got[D, W] = expect_number(name, call_without(layers_needed, _library("layers_needed", "receptive_field"),
+                                                   _LIBRARY_MESSAGE, D, W, name="layers_needed"))
     wrong = [(D, W) for D, W in cases if got[D, W] != reference_layers_needed(D, W)]
     if wrong:
         D, W = wrong[0]
@@ -240,3 +268,159 @@ def check_layers_needed(layers_needed, mistral_span) -> None:
             hint = ": count the previous tokens, not the query itself"
         raise AssertionError(f"MISTRAL_SPAN = {span:g}; expected W · k with W = 4096, k = 32 layers{hint}")
     passed("layers_needed", len(cases) + 1)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _min_layers(distance: int, window: int) -> int:
+    """Fewest dilated-window layers (``window`` keys each) whose stack reaches every offset 0 … distance:
+    each layer multiplies the number of reachable offsets by at most ``window``, and dilations
+    1, W, W², … reach every offset below W^L (its base-W digits), so L = min{L : W^L > distance}."""
+    L, span = 0, 1
+    while span <= distance:
+        span *= window
+        L += 1
+    return L
+
+
+def check_dilation_schedule(dilation_schedule) -> None:
+    """Task 6: the dilations of a stack of dilated windows that reaches every offset ≤ distance in the fewest layers."""
+    cases = [(8, 3), (9, 3), (26, 3), (15, 2), (16, 2), (124, 5), (100, 10), (0, 4)]
+    g = torch.Generator().manual_seed(1006)
+    for _ in range(3):                                        # sizes the sheet does not print
+        W = int(torch.randint(2, 7, (1,), generator=g))
+        cases.append((int(torch.randint(1, 200, (1,), generator=g)), W))
+    for D, W in cases:
+        name = f"dilation_schedule(distance={D}, window={W})"
+        got = call_student(dilation_schedule, D, W, name="dilation_schedule")
+        if isinstance(got, torch.Tensor):
+            got = got.tolist()
+        if not isinstance(got, (list, tuple)):
+            raise AssertionError(f"{name}: expected a list of dilations (one int per layer); got {type(got).__name__}")
+        dil = []
+        for d in got:
+            value = expect_number(f"{name}: a dilation", d)
+            if value != int(value) or value < 1:
+                raise AssertionError(f"{name}: every dilation must be a positive whole number; got {d!r}")
+            dil.append(int(value))
+        want = _min_layers(D, W)
+        if D == 0:
+            if dil:
+                raise AssertionError(f"{name}: a position already holds its own information: no layer is needed ([])")
+            continue
+        if not dil:
+            raise AssertionError(f"{name}: an empty stack reaches only distance 0; distance {D} needs layers")
+        n = D + 1
+        last = reachable([dilated_window_mask(n, W, d) for d in dil])[n - 1]     # what the last position depends on
+        missing = [t for t in range(D + 1) if not last[n - 1 - t]]
+        if missing:
+            reach = sum((W - 1) * d for d in dil)
+            if reach < D:
+                raise AssertionError(
+                    f"{name}: with dilations {dil} the stack reaches at most {reach} positions back, not {D}: "
+                    f"L layers with dilations 1, W, W², … reach W^L − 1 back; here L = {want} are needed")
+            raise AssertionError(
+                f"{name}: with dilations {dil} distance {missing[0]} is never reached (a hole): every offset t must "
+                "be a sum of one multiple k_r·δ_r (0 ≤ k_r ≤ W − 1) per layer — with δ_r = W^(r−1) these are the "
+                "base-W digits of t")
+        if len(dil) > want:
+            hint = (" — a plain sliding window (all dilations 1) needs ⌈D / (W − 1)⌉ layers" if set(dil) == {1}
+                    else " — each layer can multiply the number of reachable offsets by W: use δ = 1, W, W², …")
+            if len(dil) == want + 1 and W ** want == D + 1:
+                hint += (" (if you computed ⌈log_W(D + 1)⌉ with math.log: it is inexact, "
+                         f"math.log({D + 1}, {W}) = {math.log(D + 1, W)!r}; count with integers)")
+            raise AssertionError(f"{name}: {len(dil)} layers reach everything, but {want} are enough{hint}")
+    passed("dilation_schedule", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def _sink_window_tiles(n: int, window: int, sinks: int, block: int, *, lo_row="first", sink_tiles=None,
+                       union_overlap=True, partial_last=True, keys_back=None) -> int:
+    """Active ``block × block`` tiles of the causal sliding window plus ``sinks`` keys every query sees.
+
+    Query block r (rows rb … ) needs the key blocks ⌊max(0, rb − W + 1)/b⌋ … r of its window, plus the
+    ⌈sinks / b⌉ first key blocks, counted once where they overlap.
+    """
+    keys_back = window - 1 if keys_back is None else keys_back
+    s = -(-sinks // block) if sink_tiles is None else sink_tiles
+    n_blocks = -(-n // block) if partial_last else n // block
+    total = 0
+    for r in range(n_blocks):
+        row = r * block if lo_row == "first" else min(n, (r + 1) * block) - 1
+        lo = max(0, row - keys_back) // block
+        total += (r - lo + 1) + (min(s, lo) if union_overlap else min(s, r + 1))
+    return total
+
+
+def _sink_window_mask(n: int, window: int, sinks: int) -> torch.Tensor:
+    i, j = _ij(n)
+    return sliding_window_mask(n, window) | ((j < sinks) & (j <= i))
+
+
+SINK_TILE_CASES = [  # n, window, sinks, block
+    (64, 16, 4, 8), (100, 17, 1, 8), (50, 8, 0, 8), (130, 33, 9, 16), (40, 5, 12, 4), (256, 65, 4, 64),
+]
+
+
+def check_sink_window_tiles(tiles_fn) -> None:
+    """Task 7: the tiles a block-sparse kernel visits for StreamingLLM's pattern (sinks + sliding window)."""
+    cases = [(c, True) for c in SINK_TILE_CASES]
+    g = torch.Generator().manual_seed(1007)
+    for _ in range(3):                                        # sizes the sheet does not print
+        b = [4, 8, 16][int(torch.randint(0, 3, (1,), generator=g))]
+        n = int(torch.randint(2 * b, 200, (1,), generator=g))
+        cases.append(((n, int(torch.randint(2, n, (1,), generator=g)), int(torch.randint(0, 20, (1,), generator=g)),
+                       b), True))
+    cases += [((1 << 20, 4097, 4, 128), False), ((1_000_003, 2000, 130, 64), False)]   # too long for an n × n mask
+    first_failure = None
+    for (n, W, s, b), small in cases:
+        name = f"sink_window_tiles(n={n}, window={W}, sinks={s}, block={b})"
+        try:
+            got = call_student(tiles_fn, n, W, s, b, name="sink_window_tiles")
+        except AssertionError as exc:
+            if not small and ("memory" in str(exc).lower() or "alloc" in str(exc).lower()):
+                raise AssertionError(f"{name}: ran out of memory — count the tiles from the block indices, without "
+                                     f"building the n × n mask ({n}² booleans)") from None
+            raise
+        got = expect_number(name, got)
+        want = _sink_window_tiles(n, W, s, b)
+        if small and want != int(block_layout(_sink_window_mask(n, W, s), b).sum()):   # the mask's real tiles
+            raise RuntimeError(f"{name}: the reference count disagrees with block_layout of the mask")
+        if got == want:
+            continue
+        n_blocks = -(-n // b)
+        mistakes = {
+            "the lowest key of a query block is reached by its FIRST row (rb − W + 1), not its last":
+                _sink_window_tiles(n, W, s, b, lo_row="last"),
+            "the sink tiles were counted again where the window already covers them: count the union":
+                _sink_window_tiles(n, W, s, b, union_overlap=False),
+            "the sink keys fill ⌈sinks / b⌉ tiles: a partly filled tile is computed whole":
+                _sink_window_tiles(n, W, s, b, sink_tiles=s // b),
+            "the sinks were forgotten: every query also attends to the first `sinks` keys":
+                _sink_window_tiles(n, W, 0, b),
+            "the last, partial query block was forgotten: there are ⌈n / b⌉ query blocks":
+                _sink_window_tiles(n, W, s, b, partial_last=False),
+            "a window of W + 1 keys (Mistral's convention); here the window holds W keys, i − W + 1 … i":
+                _sink_window_tiles(n, W, s, b, keys_back=W),
+            "counted non-zeros / b²: a tile is computed whole as soon as one of its entries is kept":
+                -(-_nnz_sink_window(n, W, s) // (b * b)),
+            "⌈W / b⌉ + 1 window tiles for every query block: near the start the window is cut at key 0 "
+            "(and the sinks add tiles)": n_blocks * (-(-W // b) + 1),
+        }
+        matched = [message for message, alt in mistakes.items() if alt != want and got == alt]
+        if len(matched) == 1:
+            raise AssertionError(f"{name}: {matched[0]}")
+        first_failure = first_failure or (f"{name}: expected {want} tiles; got {got:g}"
+                                          + (f" (likely: {matched[0]}; or: {matched[1]})" if matched else ""))
+        # several mistakes give this number here: look at the next case to tell them apart
+    if first_failure:
+        raise AssertionError(first_failure)
+    passed("sink_window_tiles", len(cases))
+
+
+def _nnz_sink_window(n: int, window: int, sinks: int) -> int:
+    """Non-zeros of the sinks + window pattern: Σ_i min(i + 1, W) window keys plus Σ_i min(sinks, i − W + 1)
+    sink keys outside the window."""
+    window_part = n * window - window * (window - 1) // 2 if n >= window else n * (n + 1) // 2
+    M = max(0, n - window)                          # rows whose window leaves m = 1 … M keys out at the start
+    sink_part = M * (M + 1) // 2 if M <= sinks else sinks * (sinks + 1) // 2 + (M - sinks) * sinks
+    return window_part + sink_part

@@ -1,0 +1,87 @@
+"""Checks that an answer computes what its task asks instead of calling the reference it is compared with.
+
+A task such as "write LayerNorm from its formula" or "derive the backward pass" scores nothing if
+the answer calls ``F.layer_norm`` or autograd: the numbers are right, the point is missed. A check
+calls the student's function through :func:`call_without`, which
+
+* fails at once when the function refers, by a global name, to one of the forbidden functions
+  (``from course_lib.sparse import reachable`` at the top of the answer cell), and
+* makes the forbidden functions raise while the function runs (``F.layer_norm(...)``,
+  ``torch.autograd.grad(...)``, an import inside the function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Callable, Iterable
+
+from course_lib.grading import call_student
+
+__all__ = ["call_without", "refusing", "refers_to"]
+
+
+class _Forbidden(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def refusing(targets: Iterable[tuple[object, str]], message: str):
+    """Make every ``getattr(obj, attr)`` of ``targets`` raise ``message`` inside the block; restore them after."""
+    def refuse(*args, **kwargs):
+        raise _Forbidden(message)
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in targets if hasattr(obj, attr)]
+    try:
+        for obj, attr, _ in saved:
+            setattr(obj, attr, refuse)
+        yield
+    finally:
+        for obj, attr, fn in reversed(saved):
+            setattr(obj, attr, fn)
+
+
+def _names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
+
+
+def refers_to(fn: Callable, objects: Iterable[object]) -> str | None:
+    """The global name through which ``fn`` reaches one of ``objects``, or None.
+
+    Follows the functions of the student's own module that ``fn`` calls by name (helpers defined in
+    other cells of the notebook), and the functions nested in them.
+    """
+    ids = {id(o) for o in objects}
+    if id(fn) in ids:
+        return getattr(fn, "__name__", "a library function")
+    home = getattr(fn, "__module__", None)
+    seen: set[int] = set()
+    todo = [fn]
+    while todo:
+        f = todo.pop()
+        code, scope = getattr(f, "__code__", None), getattr(f, "__globals__", None)
+        if code is None or scope is None or id(f) in seen:
+            continue
+        seen.add(id(f))
+        for name in sorted(_names(code)):
+            if name not in scope:
+                continue
+            obj = scope[name]
+            if id(obj) in ids:
+                return name
+            if isinstance(obj, types.FunctionType) and obj.__module__ == home:
+                todo.append(obj)                      # the student's own helper: look inside it too
+    return None
+
+
+def call_without(fn: Callable, targets: Iterable[tuple[object, str]], message: str, *args, name: str, **kwargs):
+    """``call_student(fn, *args)`` with the functions ``targets`` forbidden (see the module's docstring)."""
+    targets = [(obj, attr) for obj, attr in targets if hasattr(obj, attr)]
+    used = refers_to(fn, [getattr(obj, attr) for obj, attr in targets])
+    if used is not None:
+        raise AssertionError(f"{name}: your function calls `{used}`: {message}")
+    with refusing(targets, message):
+        return call_student(fn, *args, name=name, **kwargs)
