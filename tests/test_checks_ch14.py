@@ -10,13 +10,45 @@ import torch.nn.functional as F
 
 from course_lib import pretraining as P
 from course_lib.grading import ch14
-from course_lib.masks import mlm_mask
 from helpers import stub
+
+
+# Hand-written answers: a check refuses answers that call the library it compares with.
+def _mlm(input_ids, *, mask_token_id, vocab_size, special_token_ids, attention_mask=None, generator=None,
+         mlm_probability=0.15):
+    eligible = ~torch.isin(input_ids, torch.tensor(list(special_token_ids), dtype=input_ids.dtype))
+    if attention_mask is not None:
+        eligible &= attention_mask.bool()
+    selected = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & eligible
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+    to_mask = (torch.rand(input_ids.shape, generator=generator) < 0.8) & selected
+    to_random = (torch.rand(input_ids.shape, generator=generator) < 0.5) & selected & ~to_mask
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, dtype=input_ids.dtype)
+    return torch.where(to_random, random_ids, input_ids.masked_fill(to_mask, mask_token_id)), labels
+
+
+def _nsp(documents, n_pairs, seed, p_next=0.5):
+    rng = random.Random(seed)
+    with_next = [d for d, doc in enumerate(documents) if len(doc) >= 2]
+    pairs = []
+    for _ in range(n_pairs):
+        d = rng.choice(with_next)
+        i = rng.randrange(len(documents[d]) - 1)
+        if rng.random() < p_next:
+            pairs.append((documents[d][i], documents[d][i + 1], 1))
+        else:
+            other = rng.choice([e for e in range(len(documents)) if e != d])
+            pairs.append((documents[d][i], rng.choice(documents[other]), 0))
+    return pairs
+
+
+def _prompt(instruction, demos, query):
+    return "\n".join([instruction] + [f"{x} => {y}" for x, y in demos] + [f"{query} =>"])
 
 
 # ----------------------------------------------------------------------------- task 1
 def mlm_ok(input_ids, attention_mask, *, mask_token_id, vocab_size, special_token_ids, generator=None):
-    return mlm_mask(input_ids, mask_token_id=mask_token_id, vocab_size=vocab_size,
+    return _mlm(input_ids, mask_token_id=mask_token_id, vocab_size=vocab_size,
                     special_token_ids=special_token_ids, attention_mask=attention_mask, generator=generator)
 
 
@@ -28,7 +60,7 @@ def mlm_rate_of_all(input_ids, attention_mask, *, mask_token_id, vocab_size, spe
     # padding excluded, but 15% of ALL positions selected: the rate among real tokens is too high
     real = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(special_token_ids))
     p = 0.15 * real.numel() / real.sum().item()
-    return mlm_mask(input_ids, mlm_probability=p, mask_token_id=mask_token_id, vocab_size=vocab_size,
+    return _mlm(input_ids, mlm_probability=p, mask_token_id=mask_token_id, vocab_size=vocab_size,
                     special_token_ids=special_token_ids, attention_mask=attention_mask, generator=generator)
 
 
@@ -63,7 +95,7 @@ def test_mlm_names_the_mistake(wrong, message):
 
 # ----------------------------------------------------------------------------- task 2
 def nsp_ok(documents, n_pairs, seed):
-    return P.nsp_pairs(documents, n_pairs, seed=seed)
+    return _nsp(documents, n_pairs, seed)
 
 
 def nsp_same_document(documents, n_pairs, seed):
@@ -80,11 +112,11 @@ def nsp_same_document(documents, n_pairs, seed):
 
 
 def nsp_all_true(documents, n_pairs, seed):
-    return P.nsp_pairs(documents, n_pairs, p_next=0.9, seed=seed)
+    return _nsp(documents, n_pairs, seed, p_next=0.9)
 
 
 def nsp_random_positive(documents, n_pairs, seed):
-    return [(a, b, 1 - y) for a, b, y in P.nsp_pairs(documents, n_pairs, seed=seed)]
+    return [(a, b, 1 - y) for a, b, y in _nsp(documents, n_pairs, seed)]
 
 
 def test_nsp_passes(capsys):
@@ -132,12 +164,12 @@ def test_extract_names_the_mistake(wrong, message):
 def prompt_ok(instruction, pool, query_index, k, seed):
     rest = [ex for i, ex in enumerate(pool) if i != query_index]
     demos = random.Random(seed).sample(rest, k)
-    return P.few_shot_prompt(instruction, demos, pool[query_index][0])
+    return _prompt(instruction, demos, pool[query_index][0])
 
 
 def prompt_leaks_example(instruction, pool, query_index, k, seed):
     demos = random.Random(seed).sample(pool, k - 1) if k else []
-    return P.few_shot_prompt(instruction, demos + [pool[query_index]] if k else demos, pool[query_index][0])
+    return _prompt(instruction, demos + [pool[query_index]] if k else demos, pool[query_index][0])
 
 
 def prompt_with_answer(instruction, pool, query_index, k, seed):
@@ -234,3 +266,24 @@ def test_ideal_predictive_passes(capsys):
 def test_ideal_predictive_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch14.check_ideal_predictive(wrong)
+
+
+# ----------------------------------------------------------------------------- calling the library scores nothing
+from course_lib import masks as M  # noqa: E402
+
+
+def mlm_by_library(input_ids, attention_mask, *, mask_token_id, vocab_size, special_token_ids, generator=None):
+    return M.mlm_mask(input_ids, mask_token_id=mask_token_id, vocab_size=vocab_size,
+                      special_token_ids=special_token_ids, generator=generator)
+
+
+@pytest.mark.parametrize("check, answer", [
+    (ch14.check_mlm_corrupt, mlm_by_library),
+    (ch14.check_nsp_examples, lambda documents, n_pairs, seed: P.nsp_pairs(documents, n_pairs, seed=seed)),
+    (ch14.check_extract_features, lambda hidden, attention_mask: P.gather_extract(hidden, attention_mask)),
+    (ch14.check_k_shot_prompt, lambda instruction, pool, query_index, k, seed: P.few_shot_prompt(instruction, pool[:k], pool[query_index][0])),
+    (ch14.check_l3_loss, lambda lm, cl, ids, att, y, lam: P.gpt_objectives(lm, cl, ids, y, att, lam=lam)["L3"]),
+])
+def test_calling_the_library_scores_nothing(check, answer):
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)

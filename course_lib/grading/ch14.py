@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from course_lib import pretraining as P
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without
+from course_lib import masks as M
 from course_lib.masks import IGNORE_INDEX
 
 __all__ = ["MLM_VOCAB", "MLM_SPECIAL", "mlm_padded_batch", "check_mlm_corrupt", "check_nsp_examples",
@@ -48,6 +50,26 @@ def mlm_padded_batch(seed: int = 0, B: int = 256, L: int = 48) -> tuple[torch.Te
     return ids.masked_fill(att == 0, MLM_SPECIAL["pad"]), att
 
 
+# The library functions each task's check compares with: calling them scores nothing.
+_LIBRARY = {
+    "mlm_corrupt": [(M, "mlm_mask"), (P, "mlm_batch")],
+    "nsp_examples": [(P, "nsp_pairs")],
+    "extract_features": [(P, "gather_extract"), (P, "extract_index")],
+    "k_shot_prompt": [(P, "few_shot_prompt")],
+    "l3_loss": [(P, "gpt_objectives")],
+}
+
+
+def _library_message(task: str) -> str:
+    names = ", ".join(f"{obj.__name__}.{attr}" for obj, attr in _LIBRARY[task])
+    return f"the library ({names}) does the work here: write it yourself (the library is what the check compares you with)"
+
+
+def _call(task: str, fn, *args, **kwargs):
+    """The student's function, with the library functions of ``task`` forbidden."""
+    return call_without(fn, _LIBRARY[task], _library_message(task), *args, name=task, **kwargs)
+
+
 def _z(observed: float, p: float, n: int) -> float:
     return (observed - p) / math.sqrt(p * (1 - p) / n)
 
@@ -60,9 +82,9 @@ def check_mlm_corrupt(mlm_corrupt_fn) -> None:
     for seed in (0, 1):
         ids, att = mlm_padded_batch(seed)
         name = f"mlm_corrupt(batch of shape {tuple(ids.shape)}, seed {seed})"
-        out = call_student(mlm_corrupt_fn, ids.clone(), att.clone(), mask_token_id=MLM_SPECIAL["mask"],
+        out = _call("mlm_corrupt", mlm_corrupt_fn, ids.clone(), att.clone(), mask_token_id=MLM_SPECIAL["mask"],
                            vocab_size=MLM_VOCAB, special_token_ids=special,
-                           generator=torch.Generator().manual_seed(seed), name="mlm_corrupt")
+                           generator=torch.Generator().manual_seed(seed))
         if not (isinstance(out, tuple) and len(out) == 2):
             raise AssertionError(f"{name}: expected a pair (masked_input_ids, labels); got {type(out).__name__}")
         masked = expect_tensor(f"{name}: masked_input_ids", out[0], tuple(ids.shape), ids.dtype)
@@ -112,7 +134,7 @@ def check_nsp_examples(nsp_examples_fn) -> None:
     n_cases = 0
     for n_pairs, seed in ((2000, 0), (2000, 1)):
         name = f"nsp_examples(6 documents, {n_pairs}, seed={seed})"
-        pairs = call_student(nsp_examples_fn, [list(d) for d in docs], n_pairs, seed, name="nsp_examples")
+        pairs = _call("nsp_examples", nsp_examples_fn, [list(d) for d in docs], n_pairs, seed)
         pairs = list(pairs) if not isinstance(pairs, list) else pairs
         if len(pairs) != n_pairs:
             raise AssertionError(f"{name}: expected {n_pairs} pairs; got {len(pairs)}")
@@ -149,7 +171,7 @@ def check_extract_features(extract_features_fn) -> None:
         cases.append((side, torch.randn(len(lengths), att.shape[1], 8, generator=g, dtype=torch.float64), att))
     for side, hidden, att in cases:
         name = f"extract_features(hidden {tuple(hidden.shape)}, {side}-padded mask)"
-        got = expect_tensor(name, call_student(extract_features_fn, hidden.clone(), att.clone(), name="extract_features"),
+        got = expect_tensor(name, _call("extract_features", extract_features_fn, hidden.clone(), att.clone()),
                             (hidden.shape[0], hidden.shape[2]), hidden.dtype)
         B = hidden.shape[0]
         lengths = att.sum(1)
@@ -182,7 +204,7 @@ def check_k_shot_prompt(k_shot_prompt_fn) -> None:
     n_cases = 0
     for query_index, k, seed in ((7, 0, 0), (7, 1, 0), (2, 3, 1), (0, 5, 2), (8, 8, 3)):
         name = f"k_shot_prompt(pool of {len(POOL)}, query_index={query_index}, k={k}, seed={seed})"
-        prompt = call_student(k_shot_prompt_fn, instruction, list(POOL), query_index, k, seed, name="k_shot_prompt")
+        prompt = _call("k_shot_prompt", k_shot_prompt_fn, instruction, list(POOL), query_index, k, seed)
         if not isinstance(prompt, str):
             raise AssertionError(f"{name}: expected a string; got {type(prompt).__name__}")
         q, answer = POOL[query_index]
@@ -224,8 +246,8 @@ def check_l3_loss(l3_loss_fn) -> None:
         class_logits = torch.randn(B, C, generator=g, dtype=torch.float64) * 2
         labels = torch.randint(C, (B,), generator=g)
         name = f"l3_loss(batch of {B}, T={T}, lam={lam})"
-        got = expect_number(name, call_student(l3_loss_fn, lm_logits.clone(), class_logits.clone(), ids.clone(),
-                                               att.clone(), labels.clone(), lam, name="l3_loss"))
+        got = expect_number(name, _call("l3_loss", l3_loss_fn, lm_logits.clone(), class_logits.clone(), ids.clone(),
+                                               att.clone(), labels.clone(), lam))
         ref = P.gpt_objectives(lm_logits, class_logits, ids, labels, att, lam=lam)
         L2 = ref["L2"]
         flat = lm_logits[:, :-1].reshape(-1, V)
