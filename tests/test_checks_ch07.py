@@ -98,6 +98,7 @@ def test_hidden_dim_passes_math_ceil(capsys):
     (lambda d, m: hidden_ok(d, m, rounding="down"), "rounded down \\(or to the nearest multiple\\) instead of up"),
     (lambda d, m: hidden_ok(d, m, rounding="nearest"), "rounded down \\(or to the nearest multiple\\) instead of up"),
     (lambda d, m: hidden_ok(d, m, base="2/3"), "used 2/3·d instead of"),
+    (lambda d, m: m * math.ceil(8 * d / 3 / m), "rounded 8/3·d up directly"),
     (lambda d, m: float(hidden_ok(d, m)), "expected an int"),
     (lambda d, m: hidden_ok(d, m) + m, "expected 11008; got 11264"),
     (lambda d, m: None, "expected a number"),

@@ -111,6 +111,8 @@ def check_glu_hidden_dim(glu_hidden_dim_fn) -> None:
             continue
         h = int(8 * d / 3)
         mistakes = {
+            "rounded 8/3·d up directly: LLaMA first takes the integer part h = ⌊8d/3⌋ and then rounds h up to a "
+            "multiple (the two differ when ⌊8d/3⌋ is already a multiple)": [m * math.ceil(8 * d / 3 / m)],
             "forgot to round up to multiple_of: 8/3·d must be rounded up to a multiple of multiple_of":
                 [h, 8 * d / 3, round(8 * d / 3)],
             "used 4·d instead of 8/3·d: a GLU FFN has three matrices, so 2/3 of 4·d keeps the parameter count":
