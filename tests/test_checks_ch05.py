@@ -353,7 +353,7 @@ def merge_chunks_ok(o_parts, lse_parts, *, how="lse", lse_out="lse"):
 
 def test_split_kv_passes(capsys):
     ch05.check_split_kv(chunk_ok, merge_chunks_ok)
-    assert capsys.readouterr().out == "✓ split_kv: all 11 cases passed\n"
+    assert capsys.readouterr().out == "✓ split_kv: all 12 cases passed\n"
 
 
 @pytest.mark.parametrize("chunk, merge, message", [
@@ -366,6 +366,10 @@ def test_split_kv_passes(capsys):
     (lambda *a: chunk_ok(*a, lse_kind="l"), merge_chunks_ok, "returned ℓ instead of the log-sum-exp"),
     (lambda *a: chunk_ok(*a, lse_kind="unscaled"), merge_chunks_ok, "lse of the unscaled scores"),
     (lambda *a: chunk_ok(*a)[0], merge_chunks_ok, "expected a pair"),
+    (lambda q, k, v: (torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])) @ v
+                      / torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).sum(-1, keepdim=True),
+                      torch.log(torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).sum(-1))),
+     merge_chunks_ok, "NaN or inf values where the reference is finite \\(overflow in exp\\?"),
     (chunk_ok, lambda *a: merge_chunks_ok(*a, how="mean"), "averaged the chunk outputs"),
     (chunk_ok, lambda *a: merge_chunks_ok(*a, how="unnormalised"), "weights e\\^\\(lse_c − max_c lse_c\\) not normalised"),
     (chunk_ok, lambda *a: merge_chunks_ok(*a, how="exp"), "weights e\\^\\(lse_c\\) not normalised"),

@@ -526,7 +526,8 @@ def check_split_kv(chunk_attention, merge_chunks) -> None:
     g = torch.Generator().manual_seed(506)
     n_cases = 0
     # 1. one chunk: a normalised output and the log-sum-exp of the scaled scores
-    for B, h, n, d, spread in [(2, 3, 7, 8, 2.0), (1, 1, 1, 4, 1.0), (1, 2, 13, 16, 4.0), (2, 1, 5, 32, 1.0)]:
+    for B, h, n, d, spread in [(2, 3, 7, 8, 2.0), (1, 1, 1, 4, 1.0), (1, 2, 13, 16, 4.0), (2, 1, 5, 32, 1.0),
+                               (1, 2, 9, 16, 300.0)]:                 # scores in the hundreds: e^s overflows
         q = torch.randn(B, h, 1, d, generator=g) * spread
         k, v = torch.randn(2, B, h, n, d, generator=g)
         name = f"chunk_attention(q [{B},{h},1,{d}], a chunk of {n} keys)"
