@@ -260,7 +260,7 @@ def backward_ok(q, k, v, o, L, do, *, D_kind="dOO", jac=True, scale_grads=True, 
 
 def test_backward_passes(capsys):
     ch05.check_backward(backward_ok)
-    assert capsys.readouterr().out == "✓ backward: all 4 cases passed\n"
+    assert capsys.readouterr().out == "✓ backward: all 5 cases passed\n"
 
 
 @pytest.mark.parametrize("wrong, message", [
@@ -280,3 +280,218 @@ def test_backward_passes(capsys):
 def test_backward_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch05.check_backward(wrong)
+
+
+def test_backward_must_use_the_saved_L_and_O():
+    """Right gradients the wrong way: autograd through a new softmax, or D from the N × N product P ∘ dP."""
+    def by_autograd(q, k, v, o, L, do):
+        q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v
+        return torch.autograd.grad(out, (q, k, v), do)
+
+    def D_from_P(q, k, v, o, L, do):
+        scale = 1 / math.sqrt(q.shape[-1])
+        P = torch.exp(q @ k.transpose(-2, -1) * scale - L[..., None])
+        dP = do @ v.transpose(-2, -1)
+        dS = P * (dP - (P * dP).sum(-1, keepdim=True))
+        return scale * dS @ k, scale * dS.transpose(-2, -1) @ q, P.transpose(-2, -1) @ do
+
+    with pytest.raises(AssertionError, match="your gradients ignore the saved L"):
+        ch05.check_backward(by_autograd)
+    with pytest.raises(AssertionError, match="D computed as rowsum\\(P ∘ dP\\)"):
+        ch05.check_backward(D_from_P)
+    with pytest.raises(AssertionError, match="your gradients ignore the saved L"):
+        ch05.check_backward(lambda q, k, v, o, L, do: backward_ok(q, k, v, o, torch.logsumexp(
+            q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1), do))
+    with pytest.raises(AssertionError, match="D computed as rowsum\\(P ∘ dP\\) \\(or from a recomputed O = P V\\)"):
+        ch05.check_backward(lambda q, k, v, o, L, do: backward_ok(
+            q, k, v, torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) - L[..., None]) @ v, L, do))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def chunk_ok(q, k, v, *, normalise=True, scale=True, lse_kind="lse"):
+    s = q @ k.transpose(-2, -1)
+    if scale:
+        s = s / math.sqrt(q.shape[-1])
+    m = s.amax(-1, keepdim=True)
+    p = torch.exp(s - m)
+    ell = p.sum(-1, keepdim=True)
+    o = p @ v / ell if normalise else p @ v
+    lse = {"lse": m + torch.log(ell), "m": m, "logl": torch.log(ell), "l": ell,
+           "unscaled": torch.logsumexp(q @ k.transpose(-2, -1), -1, keepdim=True)}[lse_kind]
+    return o, lse.squeeze(-1)
+
+
+def merge_chunks_ok(o_parts, lse_parts, *, how="lse", lse_out="lse"):
+    if how == "lse":                                  # the stable merge
+        lse = torch.logsumexp(lse_parts, 0)
+        w = torch.exp(lse_parts - lse)
+    elif how == "naive":                              # e^(lse_c) / Σ e^(lse_c): overflows
+        e = torch.exp(lse_parts)
+        lse, w = torch.log(e.sum(0)), e / e.sum(0)
+    elif how == "max_shift":                          # stable, but no guard for an empty chunk
+        top = lse_parts.amax(0)
+        e = torch.exp(lse_parts - top)
+        lse, w = top + torch.log(e.sum(0)), e / e.sum(0)
+        w = torch.where(torch.isfinite(lse_parts), w, torch.full_like(w, float("nan")))
+    elif how == "mean":
+        lse, w = torch.logsumexp(lse_parts, 0), torch.ones_like(lse_parts) / lse_parts.shape[0]
+    elif how == "unnormalised":
+        lse, w = torch.logsumexp(lse_parts, 0), torch.exp(lse_parts - lse_parts.amax(0))
+    elif how == "exp":
+        lse, w = torch.logsumexp(lse_parts, 0), torch.exp(lse_parts)
+    elif how == "argmax":
+        lse = torch.logsumexp(lse_parts, 0)
+        w = (lse_parts == lse_parts.amax(0)).to(o_parts.dtype)
+    o = (w[..., None] * o_parts).sum(0)
+    if lse_out == "max":
+        lse = lse_parts.amax(0)
+    elif lse_out == "sum":
+        lse = lse_parts.sum(0)
+    return o, lse
+
+
+def test_split_kv_passes(capsys):
+    ch05.check_split_kv(chunk_ok, merge_chunks_ok)
+    assert capsys.readouterr().out == "✓ split_kv: all 12 cases passed\n"
+
+
+@pytest.mark.parametrize("chunk, merge, message", [
+    (stub, merge_chunks_ok, "chunk_attention is not implemented yet"),
+    (chunk_ok, stub, "merge_chunks is not implemented yet"),
+    (lambda *a: chunk_ok(*a, normalise=False), merge_chunks_ok, "the chunk's output is not normalised"),
+    (lambda *a: chunk_ok(*a, scale=False), merge_chunks_ok, "scores not scaled"),
+    (lambda *a: chunk_ok(*a, lse_kind="m"), merge_chunks_ok, "lse is the chunk's maximum score m only"),
+    (lambda *a: chunk_ok(*a, lse_kind="logl"), merge_chunks_ok, "lse is log ℓ only"),
+    (lambda *a: chunk_ok(*a, lse_kind="l"), merge_chunks_ok, "returned ℓ instead of the log-sum-exp"),
+    (lambda *a: chunk_ok(*a, lse_kind="unscaled"), merge_chunks_ok, "lse of the unscaled scores"),
+    (lambda *a: chunk_ok(*a)[0], merge_chunks_ok, "expected a pair"),
+    (lambda q, k, v: (torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])) @ v
+                      / torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).sum(-1, keepdim=True),
+                      torch.log(torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).sum(-1))),
+     merge_chunks_ok, "NaN or inf values where the reference is finite \\(overflow in exp\\?"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, how="mean"), "averaged the chunk outputs"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, how="unnormalised"), "weights e\\^\\(lse_c − max_c lse_c\\) not normalised"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, how="exp"), "weights e\\^\\(lse_c\\) not normalised"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, how="argmax"), "took the output of the chunk with the largest lse only"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, how="naive"), "e\\^\\(lse_c\\) overflows for large scores"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, how="max_shift"), "An empty chunk has lse = −inf"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, lse_out="max"), "lse is the largest lse_c"),
+    (chunk_ok, lambda *a: merge_chunks_ok(*a, lse_out="sum"), "lse is the sum of the lse_c"),
+    (chunk_ok, lambda o, lse: (o.sum(0), lse.sum(0)), "wrong values"),
+])
+def test_split_kv_names_the_mistake(chunk, merge, message):
+    with pytest.raises(AssertionError, match=message):
+        ch05.check_split_kv(chunk, merge)
+
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def window_ok(q, k, v, Br, Bc, window, *, width=0, causal_only=False, symmetric=False, guard=True, skip="window",
+              scale=True):
+    """The FA-2 loop over the band: ``skip`` = "window" (the right key blocks), "causal" (every block up
+    to the diagonal, masked), "none" (every block, masked)."""
+    W = window + width
+    N, d = q.shape[-2], q.shape[-1]
+    O = torch.empty_like(q)
+    for r0 in range(0, N, Br):
+        r1 = min(r0 + Br, N)
+        Qi = q[..., r0:r1, :]
+        m = torch.full(Qi.shape[:-1], -math.inf)
+        l = torch.zeros(Qi.shape[:-1])
+        acc = torch.zeros_like(Qi)
+        first = max(0, r0 - W + 1) // Bc * Bc if skip == "window" and not causal_only else 0
+        last = N if (skip == "none" or symmetric) else r1
+        for c0 in range(first, last, Bc):
+            c1 = min(c0 + Bc, N)
+            S = Qi @ k[..., c0:c1, :].transpose(-2, -1)
+            if scale:
+                S = S / math.sqrt(d)
+            dist = torch.arange(r0, r1)[:, None] - torch.arange(c0, c1)[None, :]
+            hide = dist.abs() >= W if symmetric else (dist < 0) | ((dist >= W) & (not causal_only))
+            S = S.masked_fill(hide, -math.inf)
+            m_new = torch.maximum(m, S.amax(-1))
+            shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new)) if guard else m_new
+            P = torch.exp(S - shift[..., None])
+            alpha = torch.exp(m - shift)
+            l = alpha * l + P.sum(-1)
+            acc = alpha[..., None] * acc + P @ v[..., c0:c1, :]
+            m = m_new
+        O[..., r0:r1, :] = acc / l[..., None]
+    return O
+
+
+def test_flash_window_passes(capsys):
+    ch05.check_flash_window(window_ok)
+    assert capsys.readouterr().out == "✓ flash_forward_window: all 7 cases passed\n"
+
+
+def test_flash_window_accepts_O_and_L_as_in_task_3(capsys):
+    ch05.check_flash_window(lambda *a: (window_ok(*a), None))
+    assert "all 7 cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "flash_forward_window is not implemented yet"),
+    (lambda *a: window_ok(*a, width=1), "the window is one key too wide"),
+    (lambda *a: window_ok(*a, width=-1) if a[-1] > 1 else window_ok(*a), "the window is one key too narrow"),
+    (lambda *a: window_ok(*a, causal_only=True), "the window was ignored"),
+    (lambda *a: window_ok(*a, symmetric=True), "the band is not causal"),
+    (lambda *a: window_ok(*a, scale=False), "scores not scaled"),
+    (lambda *a: window_ok(*a, guard=False), "e\\^\\(−inf − \\(−inf\\)\\) is NaN"),
+    (lambda *a: window_ok(*a)[..., :-1, :], "expected shape"),
+])
+def test_flash_window_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch05.check_flash_window(wrong)
+
+
+def test_flash_window_must_skip_the_tiles_outside_the_band():
+    """Right values the wrong way: masking instead of skipping, or a full N × N mask, fails with the reason."""
+    with pytest.raises(AssertionError, match="every tile left of the diagonal was computed"):
+        ch05.check_flash_window(lambda *a: window_ok(*a, skip="causal"))
+    with pytest.raises(AssertionError, match="tiles beyond the window were computed|every tile left"):
+        ch05.check_flash_window(lambda *a: window_ok(*a, skip="none"))
+
+    def dense(q, k, v, Br, Bc, window):
+        from course_lib.sparse import sliding_window_mask
+        s = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~sliding_window_mask(q.shape[-2], window),
+                                                                              -math.inf)
+        return torch.softmax(s, -1) @ v
+    with pytest.raises(AssertionError, match="tiles beyond the window were computed|every tile left"):
+        ch05.check_flash_window(dense)
+
+
+def test_flash_window_with_a_global_mask_fails_on_memory():
+    """Tiles skipped, but the mask built once for all N × N pairs and sliced per tile: O(N²) memory."""
+    def global_mask(q, k, v, Br, Bc, window):
+        from course_lib.sparse import sliding_window_mask
+        N, d = q.shape[-2], q.shape[-1]
+        keep = sliding_window_mask(N, window)
+        O = torch.empty_like(q)
+        for r0 in range(0, N, Br):
+            r1 = min(r0 + Br, N)
+            m = torch.full(q.shape[:-2] + (r1 - r0,), -math.inf)
+            l, acc = torch.zeros_like(m), torch.zeros_like(q[..., r0:r1, :])
+            for c0 in range(max(0, r0 - window + 1) // Bc * Bc, r1, Bc):
+                c1 = min(c0 + Bc, N)
+                S = (q[..., r0:r1, :] @ k[..., c0:c1, :].transpose(-2, -1) / math.sqrt(d)).masked_fill(
+                    ~keep[r0:r1, c0:c1], -math.inf)
+                m_new = torch.maximum(m, S.amax(-1))
+                shift = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+                P, a = torch.exp(S - shift[..., None]), torch.exp(m - shift)
+                l, acc, m = a * l + P.sum(-1), a[..., None] * acc + P @ v[..., c0:c1, :], m_new
+            O[..., r0:r1, :] = acc / l[..., None]
+        return O
+    with pytest.raises(AssertionError, match="a full N × N mask or score matrix was built"):
+        ch05.check_flash_window(global_mask)
+
+
+def test_flash_window_without_matrix_products_is_told_to_use_them():
+    def elementwise(q, k, v, Br, Bc, window):
+        from course_lib.sparse import sliding_window_mask
+        s = (q[..., :, None, :] * k[..., None, :, :]).sum(-1) / math.sqrt(q.shape[-1])
+        p = torch.softmax(s.masked_fill(~sliding_window_mask(q.shape[-2], window), -math.inf), -1)
+        return (p[..., None] * v[..., None, :, :]).sum(-2)
+    with pytest.raises(AssertionError, match="no matrix product was counted"):
+        ch05.check_flash_window(elementwise)

@@ -68,7 +68,7 @@ def rope_ok(x, positions, layout, *, flip_layout=False, exponent=2.0, sign=1.0, 
 
 def test_rope_passes(capsys):
     ch06.check_rope(rope_ok)
-    assert capsys.readouterr().out == "✓ rope: all 8 cases passed\n"
+    assert capsys.readouterr().out == "✓ rope: all 9 cases passed\n"
 
 
 def rope_add(x, positions, layout):  # adds instead of rotating: breaks the relative property
@@ -92,6 +92,72 @@ def rope_add(x, positions, layout):  # adds instead of rotating: breaks the rela
 def test_rope_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch06.check_rope(wrong)
+
+
+def rope_complex(x, positions, layout):
+    """Meta's LLaMA code: pairs as complex numbers, multiplied by e^(i m θ) — elementwise, so it passes."""
+    d = x.shape[-1]
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    rot = torch.polar(torch.ones(len(positions), d // 2, dtype=torch.float64), positions.double()[:, None] * theta)
+    if layout == "half":
+        pairs = torch.stack((x[..., : d // 2], x[..., d // 2:]), -1).double()
+        out = torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * rot)
+        return torch.cat((out[..., 0], out[..., 1]), -1).to(x.dtype)
+    out = torch.view_as_real(torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous()) * rot)
+    return out.flatten(-2).to(x.dtype)
+
+
+def test_rope_passes_the_complex_form(capsys):
+    ch06.check_rope(rope_complex)
+    assert "all 9 cases passed" in capsys.readouterr().out
+
+
+def test_rope_with_a_rotation_matrix_gets_the_numbers_but_fails_the_point():
+    """A d × d block-diagonal rotation per position gives the right values at O(d²) per vector."""
+    from course_lib.positional import interleaved_to_half_permutation
+
+    def by_matrix(x, positions, layout):
+        d = x.shape[-1]
+        theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+        ang = positions.float()[:, None] * theta                           # [T, d/2]
+        c, s_ = ang.cos(), ang.sin()
+        R = torch.zeros(len(positions), d, d)
+        i = torch.arange(d // 2)
+        R[:, 2 * i, 2 * i], R[:, 2 * i + 1, 2 * i + 1] = c, c
+        R[:, 2 * i + 1, 2 * i], R[:, 2 * i, 2 * i + 1] = -s_, s_            # row-vector form: y = x R
+        if layout == "half":
+            p = interleaved_to_half_permutation(d)
+            inv = torch.argsort(p)
+            return (x[..., inv][..., None, :] @ R)[..., 0, :][..., p]
+        return (x[..., None, :] @ R)[..., 0, :]
+    with pytest.raises(AssertionError, match="the rotation was done with a matrix"):
+        ch06.check_rope(by_matrix)
+
+    from course_lib.positional import rope_rotation_matrix
+
+    def by_einsum(x, positions, layout):          # the same matrix, applied with einsum
+        d = x.shape[-1]
+        R = torch.stack([rope_rotation_matrix(float(m), d, layout=layout) for m in positions]).to(x.dtype)   # y = R x
+        return torch.einsum("tij,bhtj->bhti", R, x)
+    with pytest.raises(AssertionError, match="a matrix product summing over 256 coordinates"):
+        ch06.check_rope(by_einsum)
+
+
+def test_rope_with_an_outer_product_for_the_angles_passes(capsys):
+    """Products that sum over one index (torch.outer, einsum 'i,j->ij') are not rotations: they pass."""
+    def outer(x, positions, layout):
+        d = x.shape[-1]
+        theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+        ang = torch.einsum("t,i->ti", positions.float(), theta) if layout == "half" else torch.outer(positions.float(), theta)
+        if layout == "interleaved":
+            ang = ang.repeat_interleave(2, -1)
+            rot = torch.stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)
+        else:
+            ang = torch.cat((ang, ang), -1)
+            rot = torch.cat((-x[..., d // 2:], x[..., : d // 2]), -1)
+        return x * ang.cos() + rot * ang.sin()
+    ch06.check_rope(outer)
+    assert "all 9 cases passed" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- task 3
@@ -182,3 +248,87 @@ def test_relative_matrix_passes(capsys):
 def test_relative_matrix_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch06.check_relative_matrix(wrong)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def ntk_ok(base, head_dim, rotary_dim, s, *, width="rotary", exponent="r/(r-2)"):
+    r = rotary_dim if width == "rotary" else head_dim
+    e = {"r/(r-2)": r / (r - 2), "(r-2)/r": (r - 2) / r, "int": r // (r - 2), "none": 0.0}[exponent]
+    return base * s ** e
+
+
+def test_ntk_base_passes(capsys):
+    ch06.check_ntk_base(ntk_ok)
+    assert capsys.readouterr().out == "✓ ntk_base: all 8 cases passed\n"
+
+
+def test_ntk_base_passes_the_course_lib_function_on_the_rotated_width(capsys):
+    from course_lib.positional import ntk_scaled_base
+    ch06.check_ntk_base(lambda base, head_dim, rotary_dim, s: ntk_scaled_base(base, s, rotary_dim))
+    assert "all 8 cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "ntk_base is not implemented yet"),
+    (lambda *a: ntk_ok(*a, width="head"), "used head_dim = 80 where the rotating width rotary_dim = 32 belongs"),
+    (lambda *a: ntk_ok(*a, exponent="(r-2)/r"), "exponent inverted"),
+    (lambda *a: ntk_ok(*a, exponent="int"), "base · s: .* integer division"),
+    (lambda *a: ntk_ok(*a, exponent="none"), "base unchanged"),
+    (lambda b, D, r, s: b / s ** (r / (r - 2)), "the base divided by the scale"),
+    (lambda b, D, r, s: b * s ** (r / (r - 1)), "the slowest rotating pair slows by 3.9.*, not s = 4"),
+    (lambda *a: None, "expected a number"),
+])
+def test_ntk_base_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch06.check_ntk_base(wrong)
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def yarn_ok(head_dim, base, s, train_len, alpha=1.0, beta=32.0, *, two_pi=True, ratio="L/lambda", clamp=True,
+            reverse=False):
+    theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    wavelength = 2 * math.pi / theta if two_pi else 1 / theta
+    r = train_len / wavelength if ratio == "L/lambda" else wavelength / train_len
+    gamma = (r - alpha) / (beta - alpha)
+    if clamp:
+        gamma = gamma.clamp(0, 1)
+    if reverse:
+        gamma = 1 - gamma
+    return (1 - gamma) * theta / s + gamma * theta
+
+
+def yarn_by_index(head_dim, base, s, train_len, alpha=1.0, beta=32.0):
+    """The ramp of the reference code: linear in the pair index between the pairs where r = β and r = α."""
+    def pair_where(turns):
+        return head_dim * math.log(train_len / (turns * 2 * math.pi)) / (2 * math.log(base))
+    low, high = max(math.floor(pair_where(beta)), 0), min(math.ceil(pair_where(alpha)), head_dim // 2 - 1)
+    theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    keep = 1 - ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    return (1 - keep) * theta / s + keep * theta
+
+
+def test_yarn_passes(capsys):
+    ch06.check_yarn_frequencies(yarn_ok)
+    assert capsys.readouterr().out == "✓ yarn_frequencies: all 7 cases passed\n"
+
+
+def test_yarn_passes_float32(capsys):
+    ch06.check_yarn_frequencies(lambda *a: yarn_ok(*a).float())
+    assert "all 7 cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "yarn_frequencies is not implemented yet"),
+    (lambda *a: yarn_ok(*a, reverse=True), "the ramp is reversed"),
+    (lambda *a: yarn_ok(*a, ratio="lambda/L"), "r inverted"),
+    (lambda *a: yarn_ok(*a, two_pi=False), "wavelength without the 2π"),
+    (lambda *a: yarn_ok(*a, clamp=False), "the ramp is not clamped"),
+    (lambda d, b, s, *a: yarn_ok(d, b, 1.0, *a) / s, "every pair interpolated"),
+    (lambda d, b, s, *a: yarn_ok(d, b, 1.0, *a), "no pair changed"),
+    (yarn_by_index, "the ramp is linear in the pair index"),
+    (lambda *a: yarn_ok(*a)[:-1], "expected shape"),
+    (lambda *a: yarn_ok(*a) * 1.001, "wrong values"),
+])
+def test_yarn_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch06.check_yarn_frequencies(wrong)

@@ -98,6 +98,7 @@ def test_hidden_dim_passes_math_ceil(capsys):
     (lambda d, m: hidden_ok(d, m, rounding="down"), "rounded down \\(or to the nearest multiple\\) instead of up"),
     (lambda d, m: hidden_ok(d, m, rounding="nearest"), "rounded down \\(or to the nearest multiple\\) instead of up"),
     (lambda d, m: hidden_ok(d, m, base="2/3"), "used 2/3·d instead of"),
+    (lambda d, m: m * math.ceil(8 * d / 3 / m), "rounded 8/3·d up directly"),
     (lambda d, m: float(hidden_ok(d, m)), "expected an int"),
     (lambda d, m: hidden_ok(d, m) + m, "expected 11008; got 11264"),
     (lambda d, m: None, "expected a number"),
@@ -167,3 +168,128 @@ def test_param_count_passes(capsys):
 def test_param_count_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch07.check_ffn_param_count(wrong)
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def width_ok(d, D, bias, m, *, rounding="down", biases=True, rule="budget"):
+    b = int(bias) if biases else 0
+    exact = (2 * d * D + b * D) / (3 * d + 2 * b) if rule == "budget" else 8 * d / 3
+    if rounding == "none":
+        return math.floor(exact)
+    return m * {"down": math.floor, "up": math.ceil, "nearest": round}[rounding](exact / m)
+
+
+def test_width_for_budget_passes(capsys):
+    ch07.check_glu_width_for_budget(width_ok)
+    assert capsys.readouterr().out == "✓ glu_width_for_budget: all 9 cases passed\n"
+
+
+def test_width_for_budget_passes_a_search(capsys):
+    """Counting parameters and stepping down from the LLaMA width is a fine way to find it."""
+    def search(d, D, bias, m):
+        from course_lib.ffn import ffn_num_parameters
+        h = m * (2 * D // (3 * m) + 1)
+        while ffn_num_parameters(d, h, "swiglu", bias) > ffn_num_parameters(d, D, "gelu", bias):
+            h -= m
+        return h
+    ch07.check_glu_width_for_budget(search)
+    assert "all 9 cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "glu_width_for_budget is not implemented yet"),
+    (lambda *a: width_ok(*a, rounding="up"), "rounded up \\(as LLaMA does\\) or to the nearest multiple"),
+    (lambda *a: width_ok(*a, rounding="nearest"), "rounded up \\(as LLaMA does\\) or to the nearest multiple"),
+    (lambda *a: width_ok(*a, rule="8/3"), "used 8/3·d_model: that matches a 4·d_model FFN only"),
+    (lambda *a: width_ok(*a, biases=False), "ignored the biases"),
+    (lambda *a: width_ok(*a, rounding="none"), "not a multiple of multiple_of"),
+    (lambda d, D, bias, m: width_ok(d, D, bias, m) - m, "fits .* but is not the widest"),
+    (lambda d, D, bias, m: width_ok(d, D, bias, m) + 2 * m, "more than the standard FFN's"),
+    (lambda *a: float(width_ok(*a)), "expected an int"),
+])
+def test_width_for_budget_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch07.check_glu_width_for_budget(wrong)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def slope(z, variant, *, silu_simple=False, gelu_simple=False, sigmoid_simple=False):
+    sig = torch.sigmoid(z)
+    if variant == "glu":
+        return sig if sigmoid_simple else sig * (1 - sig)
+    if variant == "bilinear":
+        return torch.ones_like(z)
+    if variant == "reglu":
+        return (z > 0).to(z.dtype)
+    if variant == "geglu":
+        cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+        return cdf if gelu_simple else cdf + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    return sig if silu_simple else sig + z * sig * (1 - sig)
+
+
+def jacobian_ok(x, wg, wu, wd, variant, *, gate=True, up=True, transpose=False, phi_for_slope=False, **kw):
+    g, u = x @ wg, x @ wu
+    phi = ACTS[variant](g)
+    s = phi if phi_for_slope else slope(g, variant, **kw)
+    J = (wg * (s * u) if gate else 0) + (wu * phi if up else 0)
+    J = J @ wd
+    return J.T if transpose else J
+
+
+def test_glu_jacobian_passes(capsys):
+    ch07.check_glu_jacobian(jacobian_ok)
+    assert capsys.readouterr().out == "✓ glu_jacobian: all 16 cases passed\n"
+
+
+def test_glu_jacobian_passes_an_einsum_form(capsys):
+    def einsum_form(x, wg, wu, wd, variant):
+        g, u = x @ wg, x @ wu
+        return torch.einsum("ik,k,kj->ij", wg, slope(g, variant) * u, wd) + torch.einsum("ik,k,kj->ij", wu, ACTS[variant](g), wd)
+    ch07.check_glu_jacobian(einsum_form)
+    assert "all 16 cases passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "glu_jacobian is not implemented yet"),
+    (lambda *a: jacobian_ok(*a, transpose=True), "transposed: J\\[i, j\\] = ∂y_j/∂x_i"),
+    (lambda *a: jacobian_ok(*a, gate=False), "the gate's term is missing"),
+    (lambda *a: jacobian_ok(*a, up=False), "the up branch's term is missing"),
+    (lambda *a: jacobian_ok(*a, phi_for_slope=True), "φ where φ' belongs"),
+    (lambda *a: jacobian_ok(*a, silu_simple=True), "SiLU'\\(z\\) = σ\\(z\\) only"),
+    (lambda *a: jacobian_ok(*a, gelu_simple=True), "GELU'\\(z\\) = Φ\\(z\\) only"),
+    (lambda *a: jacobian_ok(*a, sigmoid_simple=True), "σ'\\(z\\) = σ\\(z\\): the sigmoid's derivative"),
+    (lambda x, *w: jacobian_ok(x, *w)[:, :-1], "expected shape"),
+    (lambda *a: jacobian_ok(*a) * 1.01, "wrong values"),
+])
+def test_glu_jacobian_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch07.check_glu_jacobian(wrong)
+
+
+def _forward(x, wg, wu, wd, variant):
+    return (ACTS[variant](x @ wg) * (x @ wu)) @ wd
+
+
+@pytest.mark.parametrize("by_autograd", [
+    lambda x, wg, wu, wd, v: torch.autograd.functional.jacobian(lambda t: _forward(t, wg, wu, wd, v), x).T,
+    lambda x, wg, wu, wd, v: torch.func.jacrev(lambda t: _forward(t, wg, wu, wd, v))(x).T,
+    lambda x, wg, wu, wd, v: torch.func.jacfwd(lambda t: _forward(t, wg, wu, wd, v))(x).T,
+    lambda x, wg, wu, wd, v: torch.stack([torch.autograd.grad(_forward(xx, wg, wu, wd, v)[j], xx)[0]
+                                          for xx in [x.clone().requires_grad_()] for j in range(x.shape[0])]).T,
+], ids=["autograd.functional.jacobian", "func.jacrev", "func.jacfwd", "autograd.grad"])
+def test_glu_jacobian_by_autograd_gets_the_numbers_but_fails_the_point(by_autograd):
+    with pytest.raises(AssertionError, match="the Jacobian was computed by autograd"):
+        ch07.check_glu_jacobian(by_autograd)
+
+
+def test_glu_jacobian_by_backward_fails_the_point():
+    def by_backward(x, wg, wu, wd, v):
+        rows = []
+        for j in range(x.shape[0]):
+            xx = x.clone().requires_grad_()
+            _forward(xx, wg, wu, wd, v)[j].backward()
+            rows.append(xx.grad)
+        return torch.stack(rows).T
+    with pytest.raises(AssertionError, match="the Jacobian was computed by autograd"):
+        ch07.check_glu_jacobian(by_backward)
+    assert torch.autograd.grad is not None and "refuse" not in torch.autograd.grad.__name__     # restored

@@ -10,7 +10,12 @@ Tasks, in the order of the exercise notebook:
 4. ``hbm_accesses(N, d, M)`` → ``(standard, flash)`` — HBM reads + writes in elements of
    Algorithm 0 and Algorithm 1, by the counting rules of the chapter;
 5. ``backward_from_lse(q, k, v, o, L, do)`` → ``(dq, dk, dv)`` — the gradients with ``P``
-   recomputed from ``L`` and ``D = rowsum(dO ∘ O)``.
+   recomputed from ``L`` and ``D = rowsum(dO ∘ O)``;
+6. (transfer) Flash-Decoding's split-KV: ``chunk_attention(q, k, v)`` → ``(o, lse)`` for one chunk of
+   the keys of a decoding query, and ``merge_chunks(o_parts, lse_parts)`` → ``(o, lse)``, the exact
+   attention over all chunks from their normalised outputs and log-sum-exps;
+7. (transfer) ``flash_forward_window(q, k, v, Br, Bc, window)`` → ``O`` — a FlashAttention-2 forward
+   with a causal sliding window that skips every tile outside the band.
 
 References come from ``course_lib.flash`` (tested against ``F.scaled_dot_product_attention``
 and autograd); when the student's answer is wrong, the check recomputes the known wrong answers
@@ -35,6 +40,7 @@ from course_lib.flash import (
     standard_attention_io,
 )
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.sparse import sliding_window_mask
 
 __all__ = [
     "check_merge",
@@ -42,6 +48,8 @@ __all__ = [
     "check_flash_forward",
     "check_hbm_accesses",
     "check_backward",
+    "check_split_kv",
+    "check_flash_window",
     "reference_tile_kinds",
 ]
 
@@ -429,4 +437,269 @@ def check_backward(backward_from_lse) -> None:
                     mistakes["dK without the scale: S = Q Kᵀ/√d, so dK = dSᵀ Q / √d"] = dS.transpose(-2, -1) @ q
                     mistakes["dK = dS Q: it is dSᵀ Q"] = scale * dS @ q
             expect_close(f"{name}: {gname}", got, ref, atol=1e-8, rtol=1e-6, mistakes=mistakes)
-    passed("backward", len(cases))
+    _check_uses_saved_statistics(backward_from_lse, g)
+    passed("backward", len(cases) + 1)
+
+
+def _check_uses_saved_statistics(backward_from_lse, g) -> None:
+    """The point of the task: P is rebuilt from the saved L, and D from dO ∘ O, not from a new softmax.
+
+    Autograd through ``softmax(S) V``, or ``D = rowsum(P ∘ dP)``, gives the right gradients too, but
+    needs the whole N × N row of P: what FlashAttention saved L and O to avoid. The check passes an L
+    shifted by a per-row constant and an O with a perturbation: an answer that uses them as the
+    formulas say responds exactly as predicted; one that recomputes them does not move.
+    """
+    B, h, N, d = 1, 2, 11, 8
+    q, k, v, do = (torch.randn(B, h, N, d, generator=g, dtype=torch.float64) for _ in range(4))
+    o, L = flash_attention_forward(q, k, v)
+    L_probe = L + torch.rand(B, h, N, generator=g, dtype=torch.float64)        # a different saved L …
+    o_probe = o + 0.5 * torch.randn(B, h, N, d, generator=g, dtype=torch.float64)   # … and a different saved O
+    name = "backward_from_lse, given a saved L and O that the check changed on purpose"
+    res = call_student(backward_from_lse, q.clone(), k.clone(), v.clone(), o_probe.clone(), L_probe.clone(),
+                       do.clone(), name="backward_from_lse")
+    if not (isinstance(res, (tuple, list)) and len(res) == 3):
+        raise AssertionError(f"{name}: expected a tuple (dq, dk, dv); got {type(res).__name__}")
+    tau = 1 / math.sqrt(d)
+    S = q @ k.transpose(-2, -1) * tau
+    dP = do @ v.transpose(-2, -1)
+
+    def grads(P, D):
+        dS = P * (dP - D)
+        return tau * dS @ k, tau * dS.transpose(-2, -1) @ q, P.transpose(-2, -1) @ do
+
+    P_saved, P_softmax = torch.exp(S - L_probe[..., None]), torch.softmax(S, -1)
+    want = grads(P_saved, (do * o_probe).sum(-1, keepdim=True))
+    got = [expect_tensor(f"{name}: {n}", t, tuple(w.shape)) for n, t, w in zip(("dq", "dk", "dv"), res, want)]
+    close = lambda a, b: all(torch.allclose(x.double(), y, atol=1e-8, rtol=1e-6) for x, y in zip(a, b))
+    if close(got, want):
+        return
+    if close(got, grads(P_softmax, (P_softmax * dP).sum(-1, keepdim=True))) or close(
+            got, grads(P_softmax, (do * o_probe).sum(-1, keepdim=True))):
+        raise AssertionError(
+            f"{name}: your gradients ignore the saved L: P was recomputed with a softmax over the whole row of S "
+            "(or by autograd). FlashAttention's backward rebuilds each tile of P from L alone, P = exp(S − L[..., None]) "
+            "— that is why the forward saved L")
+    if close(got, grads(P_saved, (P_saved * dP).sum(-1, keepdim=True))):
+        raise AssertionError(
+            f"{name}: D computed as rowsum(P ∘ dP) (or from a recomputed O = P V), which needs a whole row of P; "
+            "it equals rowsum(dO ∘ O), two N × d matrices — use the saved O: D = (dO * O).sum(-1, keepdim=True)")
+    raise AssertionError(f"{name}: the gradients do not follow the formulas with the given L and O "
+                         "(P = exp(S − L[..., None]), D = rowsum(dO ∘ O))")
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _scores(q, k):
+    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
+def _chunk_reference(q, k, v):
+    """One chunk of keys: the normalised output and the log-sum-exp of the scaled scores."""
+    return F.scaled_dot_product_attention(q, k, v), torch.logsumexp(_scores(q, k), dim=-1)
+
+
+def _cut(n: int, splits: int, g: torch.Generator) -> list[tuple[int, int]]:
+    """``splits`` contiguous chunks of ``0 … n − 1`` with random, unequal sizes (each ≥ 1)."""
+    inner = torch.randperm(n - 1, generator=g)[: splits - 1] + 1
+    edges = [0, *sorted(inner.tolist()), n]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _merge_mistakes(o_parts, lse_parts):
+    """What the likely wrong merges give, on the partials the check computed."""
+    e = torch.exp(lse_parts)[..., None]
+    top = lse_parts.argmax(0, keepdim=True)[..., None].expand(1, *o_parts.shape[1:])
+    shifted = torch.exp(lse_parts - lse_parts.amax(0, keepdim=True))[..., None]
+    return {
+        "averaged the chunk outputs: a chunk's output must be weighted by its share of the softmax mass, "
+        "e^(lse_c − lse), not 1/S": o_parts.mean(0),
+        "weights e^(lse_c) not normalised: divide by their sum e^(lse) (= Σ_c e^(lse_c)), i.e. weight by "
+        "e^(lse_c − lse)": (e * o_parts).sum(0),
+        "weights e^(lse_c − max_c lse_c) not normalised: after subtracting the largest lse, still divide by "
+        "the sum of the weights": (shifted * o_parts).sum(0),
+        "took the output of the chunk with the largest lse only: every chunk contributes, weighted by "
+        "e^(lse_c − lse)": o_parts.gather(0, top)[0],
+    }
+
+
+def check_split_kv(chunk_attention, merge_chunks) -> None:
+    """Task 6: Flash-Decoding — attention of one query over chunks of the keys, then the exact merge."""
+    g = torch.Generator().manual_seed(506)
+    n_cases = 0
+    # 1. one chunk: a normalised output and the log-sum-exp of the scaled scores
+    for B, h, n, d, spread in [(2, 3, 7, 8, 2.0), (1, 1, 1, 4, 1.0), (1, 2, 13, 16, 4.0), (2, 1, 5, 32, 1.0),
+                               (1, 2, 9, 16, 300.0)]:                 # scores in the hundreds: e^s overflows
+        q = torch.randn(B, h, 1, d, generator=g) * spread
+        k, v = torch.randn(2, B, h, n, d, generator=g)
+        name = f"chunk_attention(q [{B},{h},1,{d}], a chunk of {n} keys)"
+        res = _pair(name, call_student(chunk_attention, q.clone(), k.clone(), v.clone(), name="chunk_attention"))
+        o_want, lse_want = _chunk_reference(q, k, v)
+        o_got = expect_tensor(f"{name}: o", res[0], (B, h, 1, d))
+        lse_got = expect_tensor(f"{name}: lse", res[1], (B, h, 1))
+        s = _scores(q, k)
+        m = s.amax(-1)
+        ell = torch.exp(s - m[..., None]).sum(-1)
+        expect_close(f"{name}: o", o_got, o_want, mistakes={
+            "the chunk's output is not normalised: divide Σ e^(s − m) v by ℓ = Σ e^(s − m), so that every chunk "
+            "returns an ordinary attention output": torch.exp(s - m[..., None]) @ v,
+            "scores not scaled: S = q Kᵀ / √d": F.scaled_dot_product_attention(q, k, v, scale=1.0),
+        })
+        expect_close(f"{name}: lse", lse_got, lse_want, mistakes={
+            "lse is the chunk's maximum score m only: the log-sum-exp is m + log ℓ": m,
+            "lse is log ℓ only: the log-sum-exp is m + log ℓ (ℓ is summed relative to m)": torch.log(ell),
+            "returned ℓ instead of the log-sum-exp m + log ℓ": ell,
+            "lse of the unscaled scores: take the log-sum-exp of S = q Kᵀ / √d": torch.logsumexp(q @ k.transpose(-2, -1), -1),
+        })
+        n_cases += 1
+
+    # 2. the merge alone, on partials the check computed: only the statistics reach it
+    merge_cases = [  # B, h, N, d, splits, logit scale, empty chunks appended
+        (1, 2, 40, 8, 4, 1.0, 0), (2, 1, 37, 16, 5, 3.0, 0), (1, 1, 9, 4, 9, 1.0, 0),
+        (1, 2, 64, 16, 3, 60.0, 0), (2, 2, 20, 8, 3, 2.0, 2),
+    ]
+    for B, h, N, d, S, spread, empty in merge_cases:
+        q = torch.randn(B, h, 1, d, generator=g) * spread
+        k, v = torch.randn(2, B, h, N, d, generator=g)
+        chunks = _cut(N, S, g)
+        parts = [_chunk_reference(q, k[..., a:b, :], v[..., a:b, :]) for a, b in chunks]
+        parts += [(torch.zeros(B, h, 1, d), torch.full((B, h, 1), float("-inf")))] * empty
+        o_parts = torch.stack([o for o, _ in parts])
+        lse_parts = torch.stack([lse for _, lse in parts])
+        sizes = [b - a for a, b in chunks] + [0] * empty
+        what = (f"{S} chunks of {sizes} keys" + (" (the last empty: lse = −inf, o = 0)" if empty else "")
+                + (f", logits up to {_scores(q, k).abs().max().item():.0f}" if spread > 10 else ""))
+        name = f"merge_chunks({what})"
+        res = _pair(name, call_student(merge_chunks, o_parts.clone(), lse_parts.clone(), name="merge_chunks"))
+        o_want, lse_want = _chunk_reference(q, k, v)
+        o_got = expect_tensor(f"{name}: o", res[0], (B, h, 1, d))
+        lse_got = expect_tensor(f"{name}: lse", res[1], (B, h, 1))
+        for part, got in (("o", o_got), ("lse", lse_got)):
+            if not torch.isfinite(got.detach().double()).all():
+                if empty:
+                    raise AssertionError(
+                        f"{name}: {part}: NaN or inf. An empty chunk has lse = −inf, and e^(−inf − (−inf)) is NaN: "
+                        "subtract the largest lse over the chunks (finite here), or use torch.logsumexp, which "
+                        "gives an empty chunk the weight e^(−inf) = 0")
+                raise AssertionError(
+                    f"{name}: {part}: NaN or inf where the reference is finite: e^(lse_c) overflows for large "
+                    "scores. Weight chunk c by e^(lse_c − lse), with lse = log Σ_c e^(lse_c) computed stably "
+                    "(subtract the largest lse_c first, or torch.logsumexp)")
+        real = slice(0, S)
+        expect_close(f"{name}: o", o_got, o_want, mistakes=_merge_mistakes(o_parts[real], lse_parts[real]) if not empty else {})
+        expect_close(f"{name}: lse", lse_got, lse_want, mistakes={
+            "lse is the largest lse_c: the merged log-sum-exp is log Σ_c e^(lse_c)": lse_parts.amax(0),
+            "lse is the sum of the lse_c: the sums Σ e^(s) add, so the merged lse is log Σ_c e^(lse_c)":
+                lse_parts[real].sum(0),
+        })
+        n_cases += 1
+
+    # 3. end to end with the learner's own chunks, and merged as a tree (merges of merges)
+    for B, h, N, d, S in [(2, 2, 53, 16, 6), (1, 4, 100, 8, 4)]:
+        q = torch.randn(B, h, 1, d, generator=g) * 2
+        k, v = torch.randn(2, B, h, N, d, generator=g)
+        chunks = _cut(N, S, g)
+        name = f"split-KV decoding (N = {N} keys in {S} chunks of {[b - a for a, b in chunks]})"
+        parts = [_pair(name, call_student(chunk_attention, q, k[..., a:b, :], v[..., a:b, :], name="chunk_attention"))
+                 for a, b in chunks]
+        o_parts, lse_parts = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+        o_want, lse_want = _chunk_reference(q, k, v)
+        flat = _pair(name, call_student(merge_chunks, o_parts, lse_parts, name="merge_chunks"))
+        expect_close(f"{name}: o", expect_tensor(f"{name}: o", flat[0], (B, h, 1, d)), o_want)
+        half = S // 2
+        left = _pair(name, call_student(merge_chunks, o_parts[:half], lse_parts[:half], name="merge_chunks"))
+        right = _pair(name, call_student(merge_chunks, o_parts[half:], lse_parts[half:], name="merge_chunks"))
+        tree = _pair(name, call_student(merge_chunks, torch.stack([left[0], right[0]]), torch.stack([left[1], right[1]]),
+                                        name="merge_chunks"))
+        again = f"{name}, merged as two halves and then merged again"
+        expect_close(f"{again}: o", expect_tensor(f"{again}: o", tree[0], (B, h, 1, d)), o_want)
+        expect_close(f"{again}: lse", expect_tensor(f"{again}: lse", tree[1], (B, h, 1)), lse_want)
+        n_cases += 1
+    passed("split_kv", n_cases)
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def _window_tile_flops(N: int, Br: int, Bc: int, window: int, d: int) -> tuple[int, int, int]:
+    """Matrix-product FLOPs (Q_i K_jᵀ and P V_j) of the tiles that hold a visible key, of the causal tiles,
+    and of all tiles."""
+    dist = sliding_window_mask(N, window).long()
+    active = causal = every = 0
+    for r0 in range(0, N, Br):
+        for c0 in range(0, N, Bc):
+            flops = 4 * min(Br, N - r0) * min(Bc, N - c0) * d
+            every += flops
+            causal += flops if c0 <= min(r0 + Br, N) - 1 else 0
+            active += flops if dist[r0:r0 + Br, c0:c0 + Bc].any() else 0
+    return active, causal, every
+
+
+def check_flash_window(flash_window) -> None:
+    """Task 7: a FlashAttention-2 forward with a causal sliding window of ``window`` keys (itself included),
+    equal to SDPA with ``sliding_window_mask``, that skips the tiles outside the band."""
+    from torch.utils.flop_counter import FlopCounterMode      # imported here: it imports triton (see _check_tiled)
+
+    g = torch.Generator().manual_seed(507)
+    cases = [  # B, h, N, d, Br, Bc, window, logit scale
+        (1, 1, 16, 8, 4, 4, 4, 1.0),
+        (2, 2, 37, 8, 8, 5, 6, 2.0),          # N divisible by neither block; Br > Bc
+        (1, 2, 50, 16, 7, 16, 20, 1.0),       # Br < Bc
+        (1, 1, 30, 4, 5, 12, 1, 1.0),         # a window of one key: each query sees itself only
+        (1, 1, 23, 8, 8, 8, 40, 3.0),         # a window longer than the text: plain causal attention
+        (2, 1, 45, 8, 16, 4, 9, 2.0),         # rows whose first key block holds none of their keys
+    ]
+    for B, h, N, d, Br, Bc, W, spread in cases:
+        q = torch.randn(B, h, N, d, generator=g) * spread
+        k, v = torch.randn(2, B, h, N, d, generator=g)
+        name = f"flash_forward_window(q [{B},{h},{N},{d}], Br={Br}, Bc={Bc}, window={W})"
+        got = call_student(flash_window, q.clone(), k.clone(), v.clone(), Br, Bc, W, name="flash_forward_window")
+        if isinstance(got, (tuple, list)) and len(got) == 2 and isinstance(got[0], torch.Tensor):
+            got = got[0]                                     # (O, L) as in Task 3 is fine: O is graded
+        got = expect_tensor(name, got, (B, h, N, d))
+        mask = sliding_window_mask(N, W)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        i, j = torch.arange(N)[:, None], torch.arange(N)[None, :]
+        mistakes = {
+            "the window is one key too wide (keys i − W … i, W + 1 of them): query i sees the W keys "
+            "i − W + 1 … i, itself included": F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(N, W + 1)),
+            "the window is one key too narrow: query i sees the W keys i − W + 1 … i, itself included":
+                F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(N, W - 1)) if W > 1 else None,
+            "the window was ignored: that is plain causal attention; query i sees only keys i − W + 1 … i":
+                F.scaled_dot_product_attention(q, k, v, is_causal=True) if W < N else None,
+            "the band is not causal: keys after the query (j > i) must stay masked": F.scaled_dot_product_attention(
+                q, k, v, attn_mask=(i - j).abs() < W),
+            "scores not scaled: S = Q Kᵀ / √d": F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0),
+        }
+        bad = ~torch.isfinite(got.detach().double())
+        if bad.any():
+            raise AssertionError(
+                f"{name}: NaN or inf in {int(bad.any(-1).sum())} rows. With a window, a row can see no key at all "
+                "in some tile (its keys are all too old or in the future there): its running maximum is still −inf "
+                "and e^(−inf − (−inf)) is NaN — shift by 0 where m = −inf, as in Task 1. (Or a tile that holds "
+                "visible keys was skipped, and a row saw no key at all.)")
+        expect_close(name, got, want, atol=2e-5, rtol=2e-4, mistakes=mistakes)
+
+    # the point of the task: the tiles outside the band are not computed, and no N × N tensor is made
+    N, d, Br, Bc, W = 512, 8, 32, 32, 48
+    q, k, v = (torch.randn(1, 1, N, d, generator=g) for _ in range(3))
+    name = f"flash_forward_window(q [1,1,{N},{d}], Br={Br}, Bc={Bc}, window={W})"
+    with FlopCounterMode(display=False) as counter:
+        call_student(flash_window, q, k, v, Br, Bc, W, name="flash_forward_window")
+    counted = counter.get_total_flops()
+    active, causal, every = _window_tile_flops(N, Br, Bc, W, d)
+    if counted == 0:
+        raise AssertionError(f"{name}: no matrix product was counted: compute each tile's scores Q_i K_jᵀ and its "
+                             "contribution P V_j with matrix products (@), one Br × Bc tile at a time")
+    if counted > 1.25 * active:
+        where = ("every tile left of the diagonal was computed" if counted > 0.8 * causal
+                 else "tiles beyond the window were computed")
+        raise AssertionError(
+            f"{name}: {counted:,} FLOPs in matrix products, but the tiles that hold a visible key need only "
+            f"{active:,} ({active / every:.0%} of all tiles, {active / causal:.0%} of the causal ones): {where} "
+            "(and masked) instead of skipped. For the query block of rows r0 … r1 − 1, only the key blocks that "
+            "meet r0 − W + 1 … r1 − 1 hold visible keys: start the inner loop at the first of them")
+    _, peak = peak_memory(lambda: call_student(flash_window, q, k, v, Br, Bc, W, name="flash_forward_window"))
+    if peak >= N * N / 2:                       # half a byte per query-key pair: less than even a bool N × N mask
+        raise AssertionError(
+            f"{name}: {peak / 1024:.0f} KiB were alive at once, as much as an N × N mask "
+            f"({N * N / 1024:.0f} KiB as bool, {N * N * q.element_size() / 1024:.0f} KiB as scores): a full N × N "
+            "mask or score matrix was built. Build the window's mask inside each tile, from the tile's row and "
+            "column positions")
+    passed("flash_forward_window", len(cases) + 1)

@@ -9,11 +9,16 @@ Tasks, in the order of the exercise notebook:
    also verifies that the rotated scores depend only on m − n;
 3. ``alibi_slopes(n_heads)`` → ``[n_heads]`` for 8, 12, 16 … heads (the ALiBi reference code);
 4. ``interpolate_positions(position_ids, train_len, target_len)`` → float positions m · L / L';
-5. ``relative_matrix(n, k)`` → ``[n, n]`` int, clip(j − i, −k, k).
+5. ``relative_matrix(n, k)`` → ``[n, n]`` int, clip(j − i, −k, k);
+6. (transfer) ``ntk_base(base, head_dim, rotary_dim, s)`` → the NTK-aware base for a head that rotates
+   only its first ``rotary_dim`` coordinates: the slowest rotating pair slows by exactly s;
+7. (transfer) ``yarn_frequencies(head_dim, base, s, train_len, alpha, beta)`` → ``[head_dim/2]``: YaRN's
+   "NTK-by-parts" frequencies, interpolated or kept per pair by the turns it makes in the context.
 
 Each check builds the reference with ``course_lib.positional`` (tested against torch and the
-papers' code in ``tests/test_positional.py``) and, on a wrong answer, recomputes the typical
-wrong answers to name the mistake.
+papers' code in ``tests/test_positional.py``), or recomputes the paper's formula and checks its
+properties (tasks 6 and 7), and, on a wrong answer, recomputes the typical wrong answers to name
+the mistake.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import math
 import torch
 
 from course_lib import positional as ref
-from course_lib.grading import call_student, expect_close, expect_tensor, passed
+from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
 
 __all__ = [
     "check_sinusoidal",
@@ -31,6 +36,8 @@ __all__ = [
     "check_alibi_slopes",
     "check_interpolation",
     "check_relative_matrix",
+    "check_ntk_base",
+    "check_yarn_frequencies",
 ]
 
 
@@ -135,7 +142,66 @@ def check_rope(rope) -> None:
     for layout in ref.ROPE_LAYOUTS:
         if not _relative_property(rope, layout, 32):
             raise AssertionError(f"rope(layout={layout!r}): q_m·k_n must depend only on m − n")
-    passed("rope", len(cases) + 2)
+    _check_elementwise(rope)
+    passed("rope", len(cases) + 3)
+
+
+def _contracted(func, args, kwargs) -> int:
+    """The length of the contracted dimension of a matrix product (1 for an outer product), else 0."""
+    name = getattr(func, "__name__", "")
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if name in ("matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "mv", "dot", "inner") and tensors:
+        return tensors[0].shape[-1] if tensors[0].dim() else 1
+    if name == "linear" and tensors:
+        return tensors[0].shape[-1]
+    if name in ("addmm", "baddbmm", "addbmm", "addmv") and len(tensors) >= 3:
+        return tensors[1].shape[-1]
+    if name == "einsum" and args and isinstance(args[0], str):
+        equation = args[0].replace(" ", "")
+        operands = [a for a in (args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+                    if isinstance(a, torch.Tensor)]
+        inputs, _, output = equation.partition("->")
+        sizes: dict[str, int] = {}
+        for sub, t in zip(inputs.split(","), operands):
+            head, _, tail = sub.partition("...")
+            for letter, size in zip(head, t.shape):
+                sizes[letter] = size
+            for letter, size in zip(reversed(tail), reversed(t.shape)):
+                sizes[letter] = size
+        n = 1
+        for letter, size in sizes.items():
+            if letter not in output and letter.isalpha():
+                n *= size
+        return n
+    return 0
+
+
+def _check_elementwise(rope) -> None:
+    """The task asks for the O(d) form: a d × d rotation matrix gives the same numbers at O(d²) per vector.
+
+    A ``TorchFunctionMode`` sees every matrix product the answer calls (``@``, ``torch.matmul``,
+    ``einsum``, ``F.linear`` …) and the length of the dimension it sums over: the elementwise form, the
+    angles' outer product (a sum over 1) and Meta's complex multiplication pass, ``x @ R`` does not.
+    (Cheaper than ``FlopCounterMode``, whose dispatch mode imports ``torch._dynamo``.)
+    """
+    from torch.overrides import TorchFunctionMode
+
+    d = 256
+    longest = []
+
+    class _Products(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            longest.append(_contracted(func, args, kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(1, 2, 8, d, generator=torch.Generator().manual_seed(67))
+    with _Products():
+        call_student(rope, x, torch.arange(8), "half", name="rope")
+    if max(longest, default=0) >= 4:
+        raise AssertionError(
+            f"rope(x of shape (1, 2, 8, {d}), layout='half'): a matrix product summing over {max(longest)} "
+            "coordinates: the rotation was done with a matrix, O(d²) per vector. RoPE is elementwise, "
+            "y = x·cos + rotate(x)·sin: O(d)")
 
 
 # ----------------------------------------------------------------------------- task 3
@@ -221,3 +287,122 @@ def check_relative_matrix(relative_matrix) -> None:
         raise AssertionError(f"{name}: {int((got != want).sum())} entries are wrong; first at (i={bad[0]}, j={bad[1]}): "
                              f"expected {int(want[bad[0], bad[1]])}, got {int(got[bad[0], bad[1]])}")
     passed("relative_matrix", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _slowdown(base: float, new_base: float, rotary_dim: int) -> tuple[float, float]:
+    """How much the fastest and the slowest rotating pair slow down, θ_i / θ'_i, for a new base."""
+    slow = (new_base / base) ** ((rotary_dim - 2) / rotary_dim)
+    return 1.0, slow
+
+
+NTK_CASES = [  # base, head_dim, rotary_dim, s
+    (10000.0, 128, 128, 4.0),       # LLaMA-2, every coordinate rotated
+    (10000.0, 80, 32, 8.0),         # Phi-2-shaped: 40 % of an 80-wide head
+    (10000.0, 256, 64, 2.0),        # GPT-NeoX-20B-shaped: 25 % of a 256-wide head (rotary_pct = 0.25)
+    (500000.0, 128, 128, 16.0),     # LLaMA-3 base
+]
+
+
+def check_ntk_base(ntk_base) -> None:
+    """Task 6: ``base' = base · s^(r/(r−2))`` with r = rotary_dim: the slowest rotating pair slows by exactly s."""
+    g = torch.Generator().manual_seed(606)
+    cases = list(NTK_CASES)
+    for _ in range(4):                                           # heads the sheet does not print
+        head_dim = 16 * int(torch.randint(2, 17, (1,), generator=g))
+        rotary_dim = 2 * int(torch.randint(2, head_dim // 2 + 1, (1,), generator=g))
+        s = float(torch.randint(2, 33, (1,), generator=g)) / 2 + 1
+        cases.append((float([1e4, 5e5, 1e6][int(torch.randint(0, 3, (1,), generator=g))]), head_dim, rotary_dim, s))
+    for base, D, r, s in cases:
+        name = f"ntk_base(base={base:g}, head_dim={D}, rotary_dim={r}, s={s:g})"
+        got = expect_number(name, call_student(ntk_base, base, D, r, s, name="ntk_base"))
+        want = base * s ** (r / (r - 2))
+        if math.isclose(got, want, rel_tol=1e-9):
+            continue
+        if got <= 0:
+            raise AssertionError(f"{name}: a base must be positive; got {got:g}")
+        _, slow = _slowdown(base, got, r)
+        mistakes = {
+            f"used head_dim = {D} where the rotating width rotary_dim = {r} belongs: the frequencies are "
+            f"base^(−2i/{r}), so the slowest rotating pair has exponent ({r} − 2)/{r}":
+                base * s ** (D / (D - 2)) if D != r else None,
+            "exponent inverted: s^((r − 2)/r) slows the slowest pair by only s^(((r − 2)/r)²); it needs "
+            "s^(r/(r − 2))": base * s ** ((r - 2) / r),
+            f"base · s: the slowest pair's frequency is base^(−(r − 2)/r), so a base · s slows it by s^((r − 2)/r) "
+            f"= {s ** ((r - 2) / r):.4g}, not s (beware of integer division: r // (r − 2) is 1)": base * s,
+            "base unchanged: NTK-aware scaling raises the base so that the slow pairs slow down": base,
+            "the base divided by the scale: a larger base slows every pair but the first, a smaller one speeds "
+            "them up": base / s ** (r / (r - 2)),
+        }
+        for message, alt in mistakes.items():
+            if alt is not None and math.isclose(got, alt, rel_tol=1e-6):
+                raise AssertionError(f"{name}: {message} (expected {want:.6g}, got {got:.6g})")
+        raise AssertionError(
+            f"{name}: expected {want:.6g}; got {got:.6g}: with your base the slowest rotating pair slows by "
+            f"{slow:.4g}, not s = {s:g} (the fastest, θ_0 = 1, never changes)")
+    passed("ntk_base", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def _yarn(head_dim, base, s, L, alpha, beta, *, variant="paper"):
+    """YaRN's NTK-by-parts frequencies (Peng et al., 2023, §3.2) and the likely wrong versions."""
+    theta = _freqs(head_dim, base=base)
+    wavelength = (1 / theta) if variant == "no_2pi" else 2 * math.pi / theta
+    r = wavelength / L if variant == "inverted_r" else L / wavelength
+    gamma = (r - alpha) / (beta - alpha)
+    if variant != "no_clamp":
+        gamma = gamma.clamp(0, 1)
+    if variant == "by_index":                 # a ramp linear in the pair index between the pairs where r = β and r = α
+        low = math.floor(head_dim * math.log(L / (beta * 2 * math.pi)) / (2 * math.log(base)))
+        high = math.ceil(head_dim * math.log(L / (alpha * 2 * math.pi)) / (2 * math.log(base)))
+        low, high = max(low, 0), min(high, head_dim // 2 - 1)
+        i = torch.arange(head_dim // 2, dtype=torch.float64)
+        gamma = 1 - ((i - low) / max(high - low, 1e-3)).clamp(0, 1)
+    if variant == "reversed":
+        gamma = 1 - gamma
+    return (1 - gamma) * theta / s + gamma * theta
+
+
+YARN_CASES = [  # head_dim, base, s, train_len, alpha, beta
+    (128, 10000.0, 4.0, 4096, 1.0, 32.0),      # LLaMA-2 to 16 k, the paper's α, β
+    (64, 10000.0, 8.0, 2048, 1.0, 32.0),
+    (128, 500000.0, 8.0, 8192, 1.0, 32.0),     # LLaMA-3's base: fewer pairs in the ramp
+]
+
+
+def check_yarn_frequencies(yarn_frequencies) -> None:
+    """Task 7: per pair, θ_i/s where r_i < α, θ_i where r_i > β, a linear blend in r between."""
+    g = torch.Generator().manual_seed(607)
+    cases = list(YARN_CASES)
+    for _ in range(4):                                          # settings the sheet does not print
+        d = 16 * int(torch.randint(2, 13, (1,), generator=g))
+        base = [1e4, 5e4, 5e5][int(torch.randint(0, 3, (1,), generator=g))]
+        s = float(torch.randint(2, 33, (1,), generator=g))
+        L = 256 * int(torch.randint(2, 33, (1,), generator=g))
+        alpha = float(torch.randint(1, 4, (1,), generator=g))
+        beta = alpha + float(torch.randint(8, 64, (1,), generator=g))
+        cases.append((d, base, s, L, alpha, beta))
+    for d, base, s, L, alpha, beta in cases:
+        name = f"yarn_frequencies(head_dim={d}, base={base:g}, s={s:g}, train_len={L}, alpha={alpha:g}, beta={beta:g})"
+        got = call_student(yarn_frequencies, d, base, s, L, alpha, beta, name="yarn_frequencies")
+        got = expect_tensor(name, got, (d // 2,)).double()
+        want = _yarn(d, base, s, L, alpha, beta)
+        theta = _freqs(d, base=base)
+        wrong = {
+            "the ramp is reversed: the fast pairs (many turns, r > β) must keep θ_i and the slow ones (r < α) be "
+            "interpolated, θ_i / s — local order lives in the fast pairs": _yarn(d, base, s, L, alpha, beta,
+                                                                                   variant="reversed"),
+            "r inverted: r_i is the number of turns pair i makes over the trained context, L / λ_i, not λ_i / L":
+                _yarn(d, base, s, L, alpha, beta, variant="inverted_r"),
+            "wavelength without the 2π: pair i turns once every λ_i = 2π / θ_i tokens":
+                _yarn(d, base, s, L, alpha, beta, variant="no_2pi"),
+            "the ramp is not clamped: γ = (r − α)/(β − α) must be cut to [0, 1], so that the pairs outside "
+            "[α, β] get exactly θ_i / s or θ_i": _yarn(d, base, s, L, alpha, beta, variant="no_clamp"),
+            "every pair interpolated (θ_i / s): that is position interpolation; YaRN keeps the fast pairs":
+                theta / s,
+            "no pair changed: the slow pairs (r < α) must be interpolated, θ_i / s": theta,
+            "the ramp is linear in the pair index (as some code does it), not in r: blend by "
+            "γ_i = (r_i − α)/(β − α)": _yarn(d, base, s, L, alpha, beta, variant="by_index"),
+        }
+        expect_close(name, got, want, atol=0, rtol=1e-6, mistakes=wrong)
+    passed("yarn_frequencies", len(cases))

@@ -9,7 +9,11 @@ Tasks, in the order of the exercise notebook (weights in the maths layout ``x W`
 3. ``glu_ffn(x, w_gate, w_up, w_down, variant)`` → the GLU variant ``variant`` (``"glu"``,
    ``"bilinear"``, ``"reglu"``, ``"geglu"``, ``"swiglu"``);
 4. ``ffn_param_count(d_model, d_ff, kind, bias)`` → parameters of a standard (``"relu"``,
-   ``"gelu"``) or GLU FFN.
+   ``"gelu"``) or GLU FFN;
+5. (transfer) ``glu_width_for_budget(d_model, d_ff, bias, multiple_of)`` → the widest GLU FFN, a
+   multiple of ``multiple_of``, with no more parameters than a standard FFN of width ``d_ff``;
+6. (transfer) ``glu_jacobian(x, w_gate, w_up, w_down, variant)`` → ``[d_model, d_model]``, the Jacobian
+   ``J[i, j] = ∂y_j/∂x_i`` of a GLU FFN at one token, derived by hand (autograd is refused).
 
 References come from ``course_lib.ffn`` (tested against ``F.silu``, ``F.gelu`` and a hand-written
 LLaMA MLP); a wrong answer is compared with the known wrong answers (gate and up swapped,
@@ -18,6 +22,8 @@ sigmoid instead of SiLU, no rounding, 4·d instead of 8/3·d, …) and the messa
 
 from __future__ import annotations
 
+import contextlib
+import math
 import numbers
 
 import torch
@@ -27,7 +33,7 @@ from course_lib.ffn import GLU_VARIANTS, ffn_num_parameters, glu_hidden_dim
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
 
 __all__ = ["check_swiglu_forward", "check_glu_hidden_dim", "check_glu_ffn", "check_ffn_param_count",
-           "reference_glu_ffn"]
+           "check_glu_width_for_budget", "check_glu_jacobian", "reference_glu_ffn", "BUDGET_CASES"]
 
 SWAPPED = "gate and up swapped (activation applied to the wrong branch): φ goes on x·W_gate, not on x·W_up"
 SIGMOID = "sigmoid instead of SiLU (GLU instead of SwiGLU): Swish(z) = z·σ(z), not σ(z)"
@@ -105,6 +111,8 @@ def check_glu_hidden_dim(glu_hidden_dim_fn) -> None:
             continue
         h = int(8 * d / 3)
         mistakes = {
+            "rounded 8/3·d up directly: LLaMA first takes the integer part h = ⌊8d/3⌋ and then rounds h up to a "
+            "multiple (the two differ when ⌊8d/3⌋ is already a multiple)": [m * math.ceil(8 * d / 3 / m)],
             "forgot to round up to multiple_of: 8/3·d must be rounded up to a multiple of multiple_of":
                 [h, 8 * d / 3, round(8 * d / 3)],
             "used 4·d instead of 8/3·d: a GLU FFN has three matrices, so 2/3 of 4·d keeps the parameter count":
@@ -180,3 +188,170 @@ def check_ffn_param_count(ffn_param_count) -> None:
                 raise AssertionError(f"{name}: {message} (expected {want}, got {got:.10g})")
         raise AssertionError(f"{name}: expected {want}; got {got:.10g}")
     passed("ffn_param_count", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def _widest(d: int, d_ff: int, bias: bool, m: int) -> int:
+    """The largest multiple of m with 3·d·h + b(2h + d) ≤ 2·d·d_ff + b(d_ff + d), in integers."""
+    b = int(bias)
+    return m * ((2 * d * d_ff + b * d_ff) // (m * (3 * d + 2 * b)))
+
+
+BUDGET_CASES = {
+    # what: d_model, d_ff, bias, multiple_of
+    "GPT-2 small (d = 768, 4d, biases), multiple of 64": (768, 3072, True, 64),
+    "T5-11B's FFN (d = 1024, d_ff = 65 536, no biases), multiple of 256": (1024, 65536, False, 256),
+    "BERT-base without biases, multiple of 128": (768, 3072, False, 128),
+}
+
+
+def check_glu_width_for_budget(width_fn) -> None:
+    """Task 5: the widest GLU (3 maps) that a standard FFN's (2 maps) parameter budget pays for."""
+    g = torch.Generator().manual_seed(705)
+    cases = [(what, *spec) for what, spec in BUDGET_CASES.items()]
+    cases += [("a small FFN with biases, multiple of 1", 10, 50, True, 1),
+              ("d_ff = 2d with biases, multiple of 8", 100, 200, True, 8)]
+    for i in range(4):                                            # FFNs the sheet does not print
+        d = 32 * int(torch.randint(2, 64, (1,), generator=g))
+        d_ff = 64 * int(torch.randint(d // 64 + 1, 4 * d // 16, (1,), generator=g))
+        bias = bool(torch.randint(0, 2, (1,), generator=g))
+        m = [1, 8, 64, 128, 256][int(torch.randint(0, 5, (1,), generator=g))]
+        cases.append((f"an unseen FFN #{i + 1}", d, d_ff, bias, m))
+    for what, d, D, bias, m in cases:
+        name = f"glu_width_for_budget(d_model={d}, d_ff={D}, bias={bias}, multiple_of={m}) [{what}]"
+        raw = call_student(width_fn, d, D, bias, m, name="glu_width_for_budget")
+        got = expect_number(name, raw)
+        want = _widest(d, D, bias, m)
+        budget = ffn_num_parameters(d, D, "gelu", bias)
+        if got == want:
+            if not isinstance(raw, numbers.Integral) or isinstance(raw, bool):
+                raise AssertionError(f"{name}: expected an int (a width); got {type(raw).__name__} {raw!r}")
+            continue
+        exact = (2 * d * D + bias * D) / (3 * d + 2 * bias)             # the real-valued width that spends the budget
+        mistakes = {
+            "rounded up (as LLaMA does) or to the nearest multiple: then the GLU has more parameters than the "
+            "budget; round down to the largest multiple that still fits": m * math.ceil(exact / m),
+            f"used 8/3·d_model: that matches a 4·d_model FFN only; here d_ff = {D}, so solve 3·d·h (+ biases) ≤ "
+            f"2·d·d_ff (+ biases) for h": m * math.floor(8 * d / 3 / m),
+            "ignored the biases: with bias=True the GLU has 2·h + d biases, the standard FFN d_ff + d; put them "
+            "into the budget": m * math.floor(2 * D / 3 / m),
+            "not a multiple of multiple_of: round the width down to a multiple": math.floor(exact),
+        }
+        named = [message for message, alt in mistakes.items() if alt != want and got == alt]
+        if named:                                  # two mistakes can give the same width: name each
+            raise AssertionError(f"{name}: " + "; or ".join(named) + f" (expected {want}, got {got:.10g})")
+        if got > 0 and got == int(got):
+            used = ffn_num_parameters(d, int(got), "swiglu", bias)
+            if used > budget:
+                raise AssertionError(f"{name}: a GLU of width {got:.0f} has {used:,} parameters, more than the "
+                                     f"standard FFN's {budget:,}; expected {want}")
+            if got % m == 0:
+                raise AssertionError(f"{name}: a GLU of width {got:.0f} fits ({used:,} ≤ {budget:,} parameters) but "
+                                     f"is not the widest: {want} fits too")
+        raise AssertionError(f"{name}: expected {want}; got {got:.10g}")
+    passed("glu_width_for_budget", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _phi_and_slope(z: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate's activation φ(z) and its derivative φ'(z)."""
+    sig = torch.sigmoid(z)
+    if variant == "glu":
+        return sig, sig * (1 - sig)
+    if variant == "bilinear":
+        return z, torch.ones_like(z)
+    if variant == "reglu":
+        return F.relu(z), (z > 0).to(z.dtype)
+    if variant == "geglu":
+        return F.gelu(z), torch.special.ndtr(z) + z * torch.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    return F.silu(z), sig * (1 + z * (1 - sig))
+
+
+def _jacobian_terms(x, wg, wu, wd, variant):
+    """``J = (W_gate diag(φ'(g) ⊙ u) + W_up diag(φ(g))) W_down``, in its two terms."""
+    g, u = x @ wg, x @ wu
+    phi, slope = _phi_and_slope(g, variant)
+    return (wg * (slope * u)) @ wd, (wu * phi) @ wd
+
+
+class _Autograd(BaseException):
+    """Raised inside the student's code when it reaches autograd (a BaseException: ``except Exception`` misses it)."""
+
+
+@contextlib.contextmanager
+def _autograd_refused():
+    """Make the entry points of autograd raise: ``torch.autograd.grad`` (also behind ``torch.func.jacrev``,
+    ``vjp`` and ``torch.autograd.functional.jacobian``), ``torch.autograd.backward`` (behind
+    ``Tensor.backward``) and forward-mode ``make_dual`` (behind ``jacfwd``, ``jvp``)."""
+    import torch.autograd.forward_ad as fwAD
+
+    def refuse(*args, **kwargs):
+        raise _Autograd()
+
+    patched = [(torch.autograd, "grad"), (torch.autograd, "backward"), (fwAD, "make_dual")]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in patched]
+    for obj, attr, _ in saved:
+        setattr(obj, attr, refuse)
+    try:
+        yield
+    finally:
+        for obj, attr, original in saved:
+            setattr(obj, attr, original)
+
+
+JACOBIAN_VARIANTS = ("swiglu", "geglu", "glu", "reglu", "bilinear")
+
+
+def check_glu_jacobian(glu_jacobian) -> None:
+    """Task 6: the Jacobian of ``(φ(x W_gate) ⊗ x W_up) W_down`` at one token, against autograd's."""
+    g = torch.Generator().manual_seed(706)
+    n = 0
+    for variant in JACOBIAN_VARIANTS:
+        for d, h, at_zero in [(6, 10, False), (16, 40, False), (8, 12, True)]:
+            wg, wu, wd = _weights(g, d, h, torch.float64)
+            x = torch.zeros(d, dtype=torch.float64) if at_zero else torch.randn(d, generator=g, dtype=torch.float64) * 1.5
+            where = "x = 0" if at_zero else f"x of size {d}"
+            name = f"glu_jacobian({where}, d_ff={h}, variant={variant!r})"
+            got = call_student(glu_jacobian, x.clone(), wg.clone(), wu.clone(), wd.clone(), variant, name="glu_jacobian")
+            got = expect_tensor(name, got, (d, d))
+            f = lambda t: reference_glu_ffn(t, wg, wu, wd, variant)
+            want = torch.autograd.functional.jacobian(f, x).T         # autograd's [j, i] = ∂y_j/∂x_i
+            # (not torch.func.jacrev: its first call imports torch._dynamo, seconds on a small CPU)
+            gate, up = _jacobian_terms(x, wg, wu, wd, variant)
+            gx, ux = x @ wg, x @ wu
+            phi, _ = _phi_and_slope(gx, variant)
+            sig = torch.sigmoid(gx)
+            mistakes = {}     # the variant's own derivative first: for GLU, φ' = σ is also 'φ where φ' belongs'
+            if variant == "swiglu":
+                mistakes["SiLU'(z) = σ(z) only: SiLU(z) = z·σ(z) is a product, SiLU'(z) = σ(z)(1 + z(1 − σ(z)))"] = \
+                    (wg * (sig * ux)) @ wd + up
+            if variant == "geglu":
+                mistakes["GELU'(z) = Φ(z) only: GELU(z) = z·Φ(z) is a product, GELU'(z) = Φ(z) + z·φ(z) with φ the "
+                         "standard normal density"] = (wg * (torch.special.ndtr(gx) * ux)) @ wd + up
+            if variant == "glu":
+                mistakes["σ'(z) = σ(z): the sigmoid's derivative is σ(z)(1 − σ(z))"] = (wg * (sig * ux)) @ wd + up
+            mistakes |= {
+                "transposed: J[i, j] = ∂y_j/∂x_i, so that dy = dx @ J in the course's row layout (for y = x W, J = W)":
+                    want.T,
+                "the gate's term is missing (φ(x W_gate) treated as a constant): the product rule gives "
+                "W_gate diag(φ'(g) ⊙ u) W_down + W_up diag(φ(g)) W_down": up,
+                "the up branch's term is missing (x W_up treated as a constant): the product rule gives "
+                "W_gate diag(φ'(g) ⊙ u) W_down + W_up diag(φ(g)) W_down": gate,
+                "φ where φ' belongs in the gate's term: W_gate diag(φ'(g) ⊙ u) W_down": (wg * (phi * ux)) @ wd + up,
+            }
+            expect_close(name, got, want, atol=1e-8, rtol=1e-6, mistakes=mistakes)
+            n += 1
+    # the point: derived, not differentiated by autograd
+    wg, wu, wd = _weights(g, 8, 16, torch.float64)
+    x = torch.randn(8, generator=g, dtype=torch.float64)
+    try:
+        with _autograd_refused():
+            glu_jacobian(x, wg, wu, wd, "swiglu")
+    except _Autograd:
+        raise AssertionError(
+            "glu_jacobian: the Jacobian was computed by autograd (torch.autograd / torch.func / .backward()): the "
+            "task is to derive it — write J = W_gate diag(φ'(g) ⊙ u) W_down + W_up diag(φ(g)) W_down from the "
+            "product rule, with g = x W_gate, u = x W_up") from None
+    except Exception:
+        pass                                                       # its errors were reported above
+    passed("glu_jacobian", n + 1)
