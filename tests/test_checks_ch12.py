@@ -275,6 +275,7 @@ def test_rms_norm_kernel_passes(capsys):
     (lambda: jit(RMS, ("y = x * tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps) * w",
                        "y = x / (tl.sqrt(tl.sum(x * x, axis=0) / n_cols) + eps) * w")), "eps added outside the square root"),
     (lambda: jit(RMS, (" + eps) * w", " + eps)")), "weight not applied"),
+    (lambda: jit(RMS, ("/ n_cols + eps)", "/ n_cols)")), "eps missing"),
     (lambda: jit(RMS, ("tl.rsqrt(", "1.0 / (")), r"divided by mean\(x²\) instead of its square root"),
     (lambda: jit(RMS, ("y, mask=mask)", "y)")), r"unmasked tail \(n_cols not a power of two\)"),
     (lambda: jit(RMS, ("in_ptr + row * in_row_stride", "in_ptr + row * n_cols")),

@@ -53,6 +53,8 @@ def test_capped_scores_passes(capsys):
     (lambda s, m, c: s.masked_fill(~m, float("-inf")), "not capped"),
     (lambda s, m, c: torch.tanh(s / c).masked_fill(~m, float("-inf")), "tanh without rescaling"),
     (lambda s, m, c: softcap_ok(s, c).masked_fill(~m, 0.0), "masked with 0"),
+    (lambda s, m, c: softcap_ok(s, c).masked_fill(~m, -1e9), "filled with a large finite number"),
+    (lambda s, m, c: softcap_ok(s, c).masked_fill(~m, torch.finfo(s.dtype).min), "instead of −inf"),
 ])
 def test_capped_scores_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):

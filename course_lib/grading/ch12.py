@@ -355,6 +355,8 @@ def check_rms_norm_kernel(rms_norm_kernel) -> None:
             "eps added outside the square root: y = x / sqrt(mean(x²) + eps) · w":
                 (xd / (ms.sqrt() + eps) * wd).to(dtype),
             "weight not applied: multiply by w": (xd / torch.sqrt(ms + eps)).to(dtype),
+            "eps missing: y = x / sqrt(mean(x²) + eps) · w (eps keeps a row of zeros finite)":
+                (xd / ms.sqrt() * wd).to(dtype),
             "divided by mean(x²) instead of its square root": (xd / (ms + eps) * wd).to(dtype),
             "that is LayerNorm: RMSNorm does not subtract the mean":
                 F.layer_norm(xd, (n,), wd, None, eps).to(dtype) if n > 1 else None,

@@ -82,6 +82,12 @@ def check_capped_scores(capped_scores_fn) -> None:
         got = call_student(capped_scores_fn, scores.clone(), mask.clone(), cap, name="capped_scores")
         got = expect_tensor(name, got, tuple(scores.shape), scores.dtype)
         want = reference_softcap(scores, cap).masked_fill(~mask, float("-inf"))
+        finite_fill = got[..., ~mask]
+        if (~mask).any() and torch.isfinite(finite_fill).all() and (finite_fill <= -1e4).all() and torch.allclose(
+                got[..., mask], want[..., mask], atol=1e-5, rtol=1e-4):
+            raise AssertionError(f"{name}: masked scores filled with a large finite number ({finite_fill.max():g}) "
+                                 "instead of −inf: exp(−inf) is exactly 0, a finite fill only nearly so (and it "
+                                 "turns a fully masked row into a uniform one where −inf makes it NaN)")
         expect_close(name, got, want, mistakes={
             "capped after the mask: cap · tanh(−inf / cap) = −cap, so masked keys get a finite score "
             "and some weight; cap first, then set masked scores to −inf":
