@@ -108,7 +108,7 @@ def upd_bad_tracker(scale, tracker, found_inf, growth_factor, backoff_factor, gr
 
 def test_update_scale_passes(capsys):
     ch11.check_update_scale(upd_ok)
-    assert capsys.readouterr().out == "✓ update scale: all 5 cases passed\n"
+    assert capsys.readouterr().out == "✓ update scale: all 6 cases passed\n"
 
 
 @pytest.mark.parametrize("wrong, message", [
@@ -183,3 +183,112 @@ def test_master_update_passes(capsys):
 def test_master_update_mistakes(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch11.check_master_update(wrong)
+
+
+# ----------------------------------------------------------------------------- task 2: factors not hard-coded
+def upd_hard_coded(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    return upd_ok(scale, tracker, found_inf, 2.0, 0.5, growth_interval)
+
+
+def test_update_scale_uses_the_factors_given():
+    with pytest.raises(AssertionError, match="hard-coded as 2 and 0.5"):
+        ch11.check_update_scale(upd_hard_coded)
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def thresholds_ok(e, m, *, zero="half_subnormal", inf="tie"):
+    bias = 2 ** (e - 1) - 1
+    emin, emax = 1 - bias, bias
+    top = (2 - 2.0 ** -m) * 2.0 ** emax
+    zero_max = {"half_subnormal": 2.0 ** (emin - m - 1), "subnormal": 2.0 ** (emin - m), "tiny": 2.0 ** emin}[zero]
+    inf_min = {"tie": top + 2.0 ** (emax - m - 1), "max": top, "next_binade": 2.0 ** (emax + 1)}[inf]
+    return zero_max, inf_min
+
+
+def test_flush_thresholds_passes(capsys):
+    ch11.check_flush_thresholds(thresholds_ok)
+    assert capsys.readouterr().out == "✓ flush thresholds: all 7 cases passed\n"
+
+
+@pytest.mark.parametrize("e, m, dtype", [(5, 10, torch.float16), (8, 7, torch.bfloat16), (5, 2, torch.float8_e5m2)])
+def test_the_thresholds_are_what_torch_casts(e, m, dtype):
+    """The check's reference, verified by torch's own casts (float32 probes: a float64 cast rounds twice)."""
+    zero_max, inf_min = thresholds_ok(e, m)
+    up = torch.nextafter(torch.tensor(zero_max), torch.tensor(math.inf))
+    down = torch.nextafter(torch.tensor(inf_min), torch.tensor(0.0))
+    got = torch.stack([torch.tensor(zero_max), up, torch.tensor(inf_min), down]).to(dtype).float()
+    assert got[0] == 0 and got[1] > 0 and torch.isinf(got[2]) and torch.isfinite(got[3])
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "flush_thresholds is not implemented yet"),
+    (lambda e, m: thresholds_ok(e, m, zero="tiny"), "zero_max: subnormals forgotten"),
+    (lambda e, m: thresholds_ok(e, m, zero="subnormal"), "zero_max: the smallest subnormal itself is representable"),
+    (lambda e, m: thresholds_ok(e, m, inf="max"), "inf_min: max itself is finite"),
+    (lambda e, m: thresholds_ok(e, m, inf="next_binade"), "inf_min: 2\\^\\(emax \\+ 1\\) = max \\+ ulp\\(max\\) is one rounding step"),
+    (lambda e, m: (thresholds_ok(e, m)[0] * 3, thresholds_ok(e, m)[1]), "zero_max: expected .*which rounds to"),
+    (lambda e, m: thresholds_ok(e, m)[0], "expected a tuple of 2 values"),
+    # right for the formats the sheet prints (fp16, bf16), a table lookup elsewhere
+    (lambda e, m: {(5, 10): (2.0 ** -25, 65520.0), (8, 7): thresholds_ok(8, 7)}.get((e, m), (0.0, math.inf)),
+     "fp8 e5m2"),
+])
+def test_flush_thresholds_mistakes(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch11.check_flush_thresholds(wrong)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def scale_by_sorting(grads, max_zero_fraction, *, zero_max=2.0 ** -25, overflow=True, strict=False):
+    """The closed form: the magnitude that must survive is the (⌊f·n⌋ + 1)-th smallest."""
+    mags = grads.abs().double().sort().values
+    n_lost = math.floor(max_zero_fraction * len(mags))
+    if strict:                                   # fewer than f·n may vanish, not at most
+        n_lost = math.ceil(max_zero_fraction * len(mags)) - 1
+        if n_lost < 0:
+            return None
+    k = math.floor(math.log2(zero_max / mags[n_lost].item())) + 1
+    if overflow and 2.0 ** k * mags[-1].item() >= 65520.0:
+        return None
+    return 2.0 ** k
+
+
+def scale_by_search(grads, max_zero_fraction, *, ks=range(-200, 200), largest=False):
+    """A search over powers of two with torch's cast, as a learner would write it."""
+    found = []
+    for k in ks:
+        half = (grads * 2.0 ** k).half()
+        zero, inf = (half == 0).float().mean().item(), torch.isinf(half).any().item()
+        if zero <= max_zero_fraction:
+            if not largest:
+                return None if inf else 2.0 ** k
+            if not inf:
+                found.append(k)
+    return 2.0 ** max(found) if found else None
+
+
+def test_smallest_loss_scale_passes(capsys):
+    ch11.check_smallest_loss_scale(scale_by_sorting)
+    assert capsys.readouterr().out == "✓ smallest loss scale: all 8 cases passed\n"
+
+
+def test_smallest_loss_scale_search_passes_too(capsys):
+    ch11.check_smallest_loss_scale(scale_by_search)
+    assert capsys.readouterr().out == "✓ smallest loss scale: all 8 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "smallest_loss_scale is not implemented yet"),
+    (lambda g, f: scale_by_sorting(g, f, zero_max=2.0 ** -14), "subnormals counted as lost"),
+    (lambda g, f: scale_by_sorting(g, f, zero_max=2.0 ** -14 - 2.0 ** -40), "subnormals counted as lost"),
+    (lambda g, f: scale_by_sorting(g, f, overflow=False), "no overflow check"),
+    (lambda g, f: scale_by_search(g, f, ks=range(0, 64)), "searched only S ≥ 1"),
+    (lambda g, f: scale_by_search(g, f, ks=range(0, 25)), "searched only S ≥ 1|searched a fixed range"),
+    (lambda g, f: scale_by_search(g, f, ks=range(-64, 25)), "searched a fixed range"),
+    (lambda g, f: scale_by_search(g, f, largest=True), "the largest scale without overflow"),
+    (lambda g, f: scale_by_sorting(g, f, strict=True), "'at most'"),
+    (lambda g, f: 3000.0, "expected a power of two"),
+    (lambda g, f: 2048.0, "expected S = 2\\^19; got 2\\^11: at S = 2\\^11, .* become 0"),   # the demo's answer only
+])
+def test_smallest_loss_scale_mistakes(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch11.check_smallest_loss_scale(wrong)

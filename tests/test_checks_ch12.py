@@ -275,6 +275,7 @@ def test_rms_norm_kernel_passes(capsys):
     (lambda: jit(RMS, ("y = x * tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps) * w",
                        "y = x / (tl.sqrt(tl.sum(x * x, axis=0) / n_cols) + eps) * w")), "eps added outside the square root"),
     (lambda: jit(RMS, (" + eps) * w", " + eps)")), "weight not applied"),
+    (lambda: jit(RMS, ("/ n_cols + eps)", "/ n_cols)")), "eps missing"),
     (lambda: jit(RMS, ("tl.rsqrt(", "1.0 / (")), r"divided by mean\(x²\) instead of its square root"),
     (lambda: jit(RMS, ("y, mask=mask)", "y)")), r"unmasked tail \(n_cols not a power of two\)"),
     (lambda: jit(RMS, ("in_ptr + row * in_row_stride", "in_ptr + row * n_cols")),
@@ -344,3 +345,116 @@ def test_fp32_failure_on_a_tf32_gpu_says_to_pass_ieee(monkeypatch):
     monkeypatch.setattr(ch12, "_tf32_by_default", lambda: False)
     with pytest.raises(AssertionError, match=r"wrong values \(max abs error [^—]*\)$"):
         ch12.check_flash_bwd_dkdv(wrong)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+GELU = '''
+@triton.jit
+def kernel(x_ptr, b_ptr, out_ptr, n_elements, n_cols, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs % n_cols, mask=mask, other=0.0).to(tl.float32)
+    z = x + b
+    u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+    t = 2.0 * tl.sigmoid(2.0 * u) - 1.0
+    tl.store(out_ptr + offs, 0.5 * z * (1.0 + t), mask=mask)
+'''
+
+
+def test_bias_gelu_passes(capsys):
+    ch12.check_bias_gelu(jit(GELU))
+    assert capsys.readouterr().out == "✓ bias_gelu: all 6 cases passed\n"
+
+
+def test_bias_gelu_with_exp_form_passes(capsys):
+    ch12.check_bias_gelu(jit(GELU, ("2.0 * tl.sigmoid(2.0 * u) - 1.0", "1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)")))
+    assert capsys.readouterr().out == "✓ bias_gelu: all 6 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda: stubbed(GELU, "    offs = "), "bias_gelu_kernel is not implemented yet"),
+    (lambda: plain_function, "expected a @triton.jit kernel"),
+    (lambda: jit(GELU, ("0.5 * z * (1.0 + t), mask=mask)", "0.5 * z * (1.0 + t))")), "unmasked tail"),
+    (lambda: jit(GELU, ("t = 2.0 * tl.sigmoid(2.0 * u) - 1.0",
+                        "t = (tl.exp(2.0 * u) - 1.0) / (tl.exp(2.0 * u) + 1.0)")), "NaN where x \\+ b is large"),
+    (lambda: jit(GELU, ("b_ptr + offs % n_cols", "b_ptr + offs")), "row 0 is right, the later rows are not"),
+    (lambda: jit(GELU, ("b_ptr + offs % n_cols", "b_ptr + offs // n_cols")), "bias indexed by the row"),
+    (lambda: jit(GELU, ("    z = x + b\n", "    z = x\n")), "bias not added"),
+    (lambda: jit(GELU, ("u = 0.7978845608028654 * (z + 0.044715 * z * z * z)\n", "u = 0.0 * z\n"),
+                 ("0.5 * z * (1.0 + t)", "0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))")),
+     "that is the exact GELU"),
+    (lambda: jit(GELU, (" + 0.044715 * z * z * z", "")), "the cubic term 0.044715·z³ is missing"),
+    (lambda: jit(GELU, ("0.7978845608028654 * ", "")), "the factor √\\(2/π\\) is missing"),
+    (lambda: jit(GELU, ("tl.sigmoid(2.0 * u)", "tl.sigmoid(u)")), "tanh\\(u\\) is 2·sigmoid\\(2u\\) − 1"),
+    (lambda: jit(GELU, ("0.5 * z * (1.0 + t)", "z * (1.0 + t)")), "the factor ½ is missing"),
+    (lambda: jit(GELU, ("0.5 * z * (1.0 + t)", "z * tl.sigmoid(1.702 * z)")), "the sigmoid approximation"),
+    (lambda: jit(GELU, ("0.5 * z * (1.0 + t)", "0.5 * z * (1.0 + t) * 1.01")), "wrong values"),
+])
+def test_bias_gelu_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch12.check_bias_gelu(wrong())
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+CE = '''
+@triton.jit
+def kernel(loss_ptr, logits_ptr, targets_ptr, row_stride, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    x = tl.load(logits_ptr + row * row_stride + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+    target = tl.load(targets_ptr + row)
+    m = tl.max(x, axis=0)
+    lse = m + tl.log(tl.sum(tl.exp(x - m), axis=0))
+    x_t = tl.sum(tl.where(cols == target, x, 0.0), axis=0)
+    tl.store(loss_ptr + row, tl.where(target == -100, 0.0, lse - x_t))
+'''
+
+CE_LOADED = '''
+@triton.jit
+def kernel(loss_ptr, logits_ptr, targets_ptr, row_stride, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    base = logits_ptr + row * row_stride
+    x = tl.load(base + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32)
+    target = tl.load(targets_ptr + row)
+    x_t = tl.load(base + target).to(tl.float32)
+    m = tl.max(x, axis=0)
+    loss = m + tl.log(tl.sum(tl.exp(x - m), axis=0)) - x_t
+    tl.store(loss_ptr + row, tl.where(target == -100, 0.0, loss))
+'''
+
+
+def test_cross_entropy_kernel_passes(capsys):
+    ch12.check_cross_entropy_kernel(jit(CE))
+    assert capsys.readouterr().out == "✓ cross_entropy_kernel: all 6 cases passed\n"
+
+
+def test_cross_entropy_kernel_with_a_second_load_passes(capsys):
+    ch12.check_cross_entropy_kernel(jit(CE_LOADED))
+    assert capsys.readouterr().out == "✓ cross_entropy_kernel: all 6 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda: stubbed(CE, "    row = "), "cross_entropy_kernel is not implemented yet"),
+    (lambda: jit(CE, ("tl.where(target == -100, 0.0, lse - x_t)", "lse - x_t")), "ignore_index = −100"),
+    (lambda: jit(CE, ('other=float("-inf")', "other=0.0")), "other=0 instead of -inf on the padding lanes"),
+    (lambda: jit(CE, ("lse = m + tl.log(", "lse = tl.log(")), "the max dropped"),
+    (lambda: jit(CE, ("lse - x_t)", "x_t - lse)")), "sign flipped"),
+    (lambda: jit(CE, ("logits_ptr + row * row_stride", "logits_ptr + row * n_cols")),
+     "row offset uses n_cols instead of row_stride"),
+    (lambda: jit(CE_LOADED, ("x_t = tl.load(base + target)", "x_t = tl.load(logits_ptr + target)")),
+     "the target's logit read from row 0"),
+    (lambda: jit(CE, ("lse - x_t)", "lse)")), "that is the log-sum-exp alone"),
+    (lambda: jit(CE, ("    m = tl.max(x, axis=0)\n", "    m = tl.max(x, axis=0) * 0.0\n")), "inf on large logits"),
+    (lambda: jit(CE, ("    lse = m + tl.log(tl.sum(tl.exp(x - m), axis=0))\n",
+                      "    p = tl.exp(x - m) / tl.sum(tl.exp(x - m), axis=0)\n"),
+                 ("tl.where(cols == target, x, 0.0)", "tl.where(cols == target, p, 0.0)"),
+                 ("lse - x_t)", "-tl.log(x_t))")), "the target's probability underflows to 0"),
+    (lambda: jit(CE, ("tl.store(loss_ptr + row, ", "tl.store(loss_ptr + row + 1, ")),
+     "stored past the end of loss"),
+    (lambda: jit(CE, ("lse - x_t)", "lse - x_t + 0.01)")), "wrong values"),
+])
+def test_cross_entropy_kernel_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch12.check_cross_entropy_kernel(wrong())

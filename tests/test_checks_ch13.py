@@ -53,6 +53,8 @@ def test_capped_scores_passes(capsys):
     (lambda s, m, c: s.masked_fill(~m, float("-inf")), "not capped"),
     (lambda s, m, c: torch.tanh(s / c).masked_fill(~m, float("-inf")), "tanh without rescaling"),
     (lambda s, m, c: softcap_ok(s, c).masked_fill(~m, 0.0), "masked with 0"),
+    (lambda s, m, c: softcap_ok(s, c).masked_fill(~m, -1e9), "filled with a large finite number"),
+    (lambda s, m, c: softcap_ok(s, c).masked_fill(~m, torch.finfo(s.dtype).min), "instead of −inf"),
 ])
 def test_capped_scores_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -154,3 +156,92 @@ def test_local_layers_names_the_mistake(wrong, message):
 
 def test_config_is_a_dataclass():      # the description is the fields of a real config
     assert set(ch13.LLAMA_DESCRIPTION) <= {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def qwen2_ok(hf, **changes):
+    """A learner's translation of a Qwen2 config.json, field by field (not course_lib.pretrained)."""
+    fields = dict(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"], n_kv_heads=hf["num_key_value_heads"], d_ff=hf["intermediate_size"],
+        max_seq_len=hf["max_position_embeddings"], ffn="swiglu", pos_encoding="rope", rope_base=hf["rope_theta"],
+        norm="rmsnorm", norm_eps=hf["rms_norm_eps"], norm_placement="pre", bias=False, qkv_bias=True,
+        tie_embeddings=hf["tie_word_embeddings"], dropout=0.0,
+        window=hf["sliding_window"] if hf["use_sliding_window"] else None)
+    fields.update(changes)
+    return ModelConfig(**{k: v for k, v in fields.items() if v is not ...})
+
+
+def test_qwen2_config_passes(capsys):
+    ch13.check_qwen2_config(qwen2_ok)
+    assert capsys.readouterr().out == "✓ qwen2_config: all 5 cases passed\n"
+
+
+@pytest.mark.parametrize("name", list(ch13.QWEN2_CONFIGS))
+def test_qwen2_totals_are_those_of_the_built_models(name):
+    """The check's published totals = the parameters of the model built (on the meta device) from the config."""
+    from course_lib.model import DecoderLM
+
+    cfg = qwen2_ok(ch13.QWEN2_CONFIGS[name], max_seq_len=256)
+    with torch.device("meta"):
+        built = DecoderLM(cfg).num_parameters()
+    assert built == count_parameters(cfg) == ch13.QWEN2_TOTALS[name]
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "qwen2_config is not implemented yet"),
+    (lambda hf: dataclasses.asdict(qwen2_ok(hf)), "expected a course_lib.model.ModelConfig; got dict"),
+    (lambda hf: qwen2_ok(hf, qkv_bias=False), "qkv_bias: .*its only ones"),
+    (lambda hf: qwen2_ok(hf, qkv_bias=..., bias=True), "bias: .*on q, k, v only"),
+    (lambda hf: qwen2_ok(hf, window=hf["sliding_window"]), "use_sliding_window is false"),
+    (lambda hf: qwen2_ok(hf, tie_embeddings=False), "the small Qwen2 models tie the head"),   # right for 7B only
+    (lambda hf: qwen2_ok(hf, rope_base=10000.0), "rope_theta is RoPE's base"),
+    (lambda hf: qwen2_ok(hf, n_kv_heads=...), "num_key_value_heads → n_kv_heads"),
+    (lambda hf: qwen2_ok(hf, ffn="gelu"), "SwiGLU"),
+    (lambda hf: qwen2_ok(hf, norm_eps=...), "rms_norm_eps → norm_eps"),
+    (lambda hf: qwen2_ok(hf, max_seq_len=32768), "max_position_embeddings → max_seq_len"),
+    (lambda hf: qwen2_ok(hf, norm="layernorm"), "RMSNorm"),
+    (lambda hf: qwen2_ok(hf, d_ff=...), "intermediate_size"),
+    (lambda hf: qwen2_ok(ch13.QWEN2_CONFIGS["Qwen2-7B"]), "expected 151936; got 152064"),      # the demo's answer only
+])
+def test_qwen2_config_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch13.check_qwen2_config(wrong)
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def context_ok(config, memory_bytes, batch, bytes_per_elem, *, heads=None, head_dim=None, kv=2, weights=True,
+               per_batch=True, layers=True, up=False, cap=True):
+    import math
+    per_token = kv * (config.n_layers if layers else 1) * (heads or config.n_kv_heads) \
+        * (head_dim or config.head_dim) * bytes_per_elem * (batch if per_batch else 1)
+    free = memory_bytes - (count_parameters(config) * bytes_per_elem if weights else 0)
+    tokens = max(0, (math.ceil if up else math.floor)(free / per_token))
+    return min(tokens, config.max_seq_len) if cap else tokens
+
+
+def test_max_context_passes(capsys):
+    ch13.check_max_context(context_ok)
+    assert capsys.readouterr().out == "✓ max_context: all 7 cases passed\n"
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "max_context is not implemented yet"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, heads=c.n_heads), "the cache counted with n_heads"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, head_dim=c.d_model // c.n_heads),
+     "head width taken as d_model / n_heads"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, kv=1), "a factor 2 is missing"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, weights=False), "the weights were not subtracted"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, per_batch=False), "the batch was ignored"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, layers=False), "n_layers forgotten"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, up=True), "rounded up"),
+    (lambda c, m, b, n: context_ok(c, m, b, n, cap=False), "not capped"),
+    (lambda c, m, b, n: min(c.max_seq_len, (m - count_parameters(c) * n) // (2 * c.n_layers * c.n_kv_heads
+                                                                              * c.head_dim * n * b)),
+     "the weights alone do not fit: no context fits, return 0"),
+    (lambda c, m, b, n: context_ok(c, m, b, n) + 0.5, "expected a whole number of tokens"),
+    (lambda c, m, b, n: context_ok(c, m, b, n) + 7, "expected 4,629 tokens; got 4,636"),
+])
+def test_max_context_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch13.check_max_context(wrong)

@@ -9,11 +9,20 @@ Tasks, in the order of the exercise notebook:
 3. ``scaled_sgd_step(params, grads, scale, lr)`` → ``(new_params, stepped)`` — unscale the gradients of
    ``S · loss``, skip the step if any is inf/NaN, else take an SGD step;
 4. ``master_update(master, grad, lr)`` → ``(new_master, model_weights)`` — an SGD step on fp32 master
-   weights from an fp16 gradient, returning the fp32 master and its fp16 copy.
+   weights from an fp16 gradient, returning the fp32 master and its fp16 copy;
+5. (transfer) ``flush_thresholds(exponent_bits, mantissa_bits)`` → ``(zero_max, inf_min)`` — the largest
+   magnitude that rounds to 0 and the smallest that rounds to inf (round to nearest, ties to even),
+   checked by casting to ``torch.float16``, ``bfloat16``, ``float8_e5m2`` and ``float32`` and, for formats
+   without a torch dtype, with ``course_lib.precision.round_to_format``;
+6. (transfer) ``smallest_loss_scale(grads, max_zero_fraction)`` → the smallest power of two ``S`` such
+   that at most ``max_zero_fraction`` of ``S · grads`` become 0 in fp16 and none becomes inf, or
+   ``None``; checked on unseen log-normal gradient populations against torch's own fp16 cast.
 
 References come from ``course_lib.precision`` (tested against ``torch.finfo`` and
-``torch.amp.GradScaler``); a wrong answer is compared with the known wrong answers (mantissa bits
-off by one, growth on every step, no unscale, no skip, the update done in fp16, …).
+``torch.amp.GradScaler``), ``torch._amp_update_scale_`` (the kernel behind ``GradScaler.update``) and
+torch's casts; a wrong answer is compared with the known wrong answers (mantissa bits
+off by one, growth on every step, factors hard-coded, no unscale, no skip, the update done in fp16,
+subnormals forgotten, ``max`` taken for the overflow threshold, no overflow check, …).
 """
 
 from __future__ import annotations
@@ -23,9 +32,10 @@ import math
 import torch
 
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
-from course_lib.precision import FloatFormat, master_weight_step, update_scale
+from course_lib.precision import FloatFormat, master_weight_step, round_to_format
 
-__all__ = ["check_format_properties", "check_update_scale", "check_scaled_sgd_step", "check_master_update"]
+__all__ = ["check_format_properties", "check_update_scale", "check_scaled_sgd_step", "check_master_update",
+           "check_flush_thresholds", "check_smallest_loss_scale", "gradient_population"]
 
 
 def _tuple(name: str, res, n: int):
@@ -86,51 +96,58 @@ def _scale_trace(fn, found, init, gf, bf, K):
     return out
 
 
+def _torch_update_scale(s, t, f, gf, bf, k):
+    """One step of ``torch._amp_update_scale_``, the in-place kernel that ``GradScaler.update`` calls."""
+    scale, tracker = torch.tensor([float(s)]), torch.tensor([int(t)], dtype=torch.int32)
+    torch._amp_update_scale_(scale, tracker, torch.tensor([1.0 if f else 0.0]), gf, bf, k)
+    return scale.item(), int(tracker.item())
+
+
 def check_update_scale(update_scale_fn) -> None:
-    """Task 2: the scale sequence over scripted overflow patterns equals GradScaler's."""
-    patterns = [
-        ("10 clean steps, K = 3", [False] * 10, 3),
-        ("an overflow in the middle, K = 2", [False, False, False, True, False, False, False], 2),
-        ("an overflow after K − 1 clean steps, K = 3", [False, False, True, False, False, False, False], 3),
-        ("three overflows in a row, K = 2", [True, True, True, False, False, False], 2),
-        ("K = 1 (grow after every clean step)", [False, True, False, False], 1),
+    """Task 2: the scale sequence over scripted overflow patterns equals GradScaler's own update kernel."""
+    patterns = [  # what, found_inf per step, K, init_scale, growth_factor, backoff_factor
+        ("10 clean steps, K = 3", [False] * 10, 3, 1024.0, 2.0, 0.5),
+        ("an overflow in the middle, K = 2", [False, False, False, True, False, False, False], 2, 1024.0, 2.0, 0.5),
+        ("an overflow after K − 1 clean steps, K = 3", [False, False, True, False, False, False, False], 3,
+         1024.0, 2.0, 0.5),
+        ("three overflows in a row, K = 2", [True, True, True, False, False, False], 2, 1024.0, 2.0, 0.5),
+        ("K = 1 (grow after every clean step)", [False, True, False, False], 1, 1024.0, 2.0, 0.5),
+        ("growth_factor 4, backoff_factor 0.25, K = 2", [False, False, True, False, False, False, True], 2,
+         96.0, 4.0, 0.25),
     ]
-    for what, found, K in patterns:
+    for what, found, K, init, gf, bf in patterns:
         name = f"update_scale on {what}"
 
         def student(s, t, f, gf, bf, k):
             res = _tuple(name, call_student(update_scale_fn, s, t, f, gf, bf, k, name="update_scale"), 2)
             return expect_number(f"{name}: scale", res[0]), expect_number(f"{name}: growth_tracker", res[1])
 
-        want = _scale_trace(lambda s, t, f, gf, bf, k: update_scale(s, t, f, growth_factor=gf, backoff_factor=bf,
-                                                                     growth_interval=k), found, 1024.0, 2.0, 0.5, K)
-        got = _scale_trace(student, found, 1024.0, 2.0, 0.5, K)
+        want = _scale_trace(_torch_update_scale, found, init, gf, bf, K)
+        got = _scale_trace(student, found, init, gf, bf, K)
         if [g[0] for g in got] == [w[0] for w in want]:
             if got != want:
                 raise AssertionError(f"{name}: the scales are right but growth_tracker is not: expected "
                                      f"{[w[1] for w in want]}; got {[g[1] for g in got]}")
             continue
         wrong = {
-            "scale grows on every step instead of after K clean steps": _scale_trace(
-                lambda s, t, f, gf, bf, k: (s * bf, 0) if f else (s * gf, t + 1), found, 1024.0, 2.0, 0.5, K),
-            "growth_tracker is not reset to 0 on an overflow: growth needs K *consecutive* clean steps": _scale_trace(
+            "scale grows on every step instead of after K clean steps":
+                lambda s, t, f, gf, bf, k: (s * bf, 0) if f else (s * gf, t + 1),
+            "growth_tracker is not reset to 0 on an overflow: growth needs K *consecutive* clean steps":
                 lambda s, t, f, gf, bf, k: (s * bf, t) if f else ((s * gf, 0) if t + 1 == k else (s, t + 1)),
-                found, 1024.0, 2.0, 0.5, K),
-            "growth_tracker is not reset to 0 after growing: the next growth needs K new clean steps": _scale_trace(
+            "growth_tracker is not reset to 0 after growing: the next growth needs K new clean steps":
                 lambda s, t, f, gf, bf, k: (s * bf, 0) if f else ((s * gf, t + 1) if t + 1 >= k else (s, t + 1)),
-                found, 1024.0, 2.0, 0.5, K),
-            "off by one: grow when K clean steps are counted (tracker + 1 == K), not after K + 1": _scale_trace(
+            "off by one: grow when K clean steps are counted (tracker + 1 == K), not after K + 1":
                 lambda s, t, f, gf, bf, k: (s * bf, 0) if f else ((s * gf, 0) if t + 1 > k else (s, t + 1)),
-                found, 1024.0, 2.0, 0.5, K),
-            "no backoff on overflow: multiply the scale by backoff_factor (0.5)": _scale_trace(
+            "no backoff on overflow: multiply the scale by backoff_factor":
                 lambda s, t, f, gf, bf, k: (s, 0) if f else ((s * gf, 0) if t + 1 == k else (s, t + 1)),
-                found, 1024.0, 2.0, 0.5, K),
-            "growth and backoff swapped": _scale_trace(
+            "growth and backoff swapped":
                 lambda s, t, f, gf, bf, k: (s * gf, 0) if f else ((s * bf, 0) if t + 1 == k else (s, t + 1)),
-                found, 1024.0, 2.0, 0.5, K),
+            "growth_factor and backoff_factor hard-coded as 2 and 0.5: use the arguments (GradScaler lets "
+            "you choose them)":
+                lambda s, t, f, gf, bf, k: _torch_update_scale(s, t, f, 2.0, 0.5, k),
         }
-        for message, alt in wrong.items():
-            if [g[0] for g in got] == [a[0] for a in alt]:
+        for message, rule in wrong.items():
+            if [g[0] for g in got] == [a[0] for a in _scale_trace(rule, found, init, gf, bf, K)]:
                 raise AssertionError(f"{name}: {message}")
         raise AssertionError(f"{name}: expected scales {[w[0] for w in want]}; got {[g[0] for g in got]}")
     passed("update scale", len(patterns))
@@ -206,3 +223,170 @@ def check_master_update(master_update) -> None:
                 raise AssertionError(f"{name}: model_weights: returned the old weights; cast the *new* master to fp16")
             raise AssertionError(f"{name}: model_weights: expected new_master.to(torch.float16)")
     passed("master update", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+# formats with a torch dtype: (name, e, m, dtype, the dtype that holds the probes exactly). The probes
+# of a 16- or 8-bit format are float32: torch casts float64 to them through float32 (two roundings).
+_CAST_FORMATS = [("fp16", 5, 10, torch.float16, torch.float32), ("bf16", 8, 7, torch.bfloat16, torch.float32),
+                 ("fp8 e5m2", 5, 2, torch.float8_e5m2, torch.float32), ("fp32", 8, 23, torch.float32, torch.float64)]
+
+
+def _thresholds(e: int, m: int) -> tuple[float, float]:
+    """``(zero_max, inf_min)``: half the smallest subnormal (a tie, rounded to the even 0) and
+    ``max + ulp(max) / 2`` (a tie between ``max``, whose last bit is odd, and the even ``2^(emax+1)``)."""
+    f = FloatFormat("format", e, m)
+    return f.smallest_subnormal / 2, f.max + _p2(f.emax - m) / 2
+
+
+def _cast(values: list[float], e: int, m: int) -> list[float]:
+    """``values`` rounded to the format: by torch's own cast where the format has a dtype."""
+    for _, ee, mm, dtype, probe in _CAST_FORMATS:
+        if (ee, mm) == (e, m):
+            return torch.tensor(values, dtype=probe).to(dtype).to(torch.float64).tolist()
+    return round_to_format(torch.tensor(values, dtype=torch.float64), FloatFormat("format", e, m)).tolist()
+
+
+def check_flush_thresholds(flush_thresholds) -> None:
+    """Task 5: the largest magnitude that becomes 0 and the smallest that becomes inf, verified by casting."""
+    g = torch.Generator().manual_seed(1105)
+    cases = [(name, e, m) for name, e, m, _, _ in _CAST_FORMATS] + [("tf32", 8, 10)]
+    for i in range(2):      # formats with no torch dtype that the sheet does not print
+        e, m = int(torch.randint(3, 8, (1,), generator=g)), int(torch.randint(2, 13, (1,), generator=g))
+        cases.append((f"an unseen format #{i + 1}", e, m))
+    for what, e, m in cases:
+        name = f"flush_thresholds({e}, {m}) ({what})"
+        res = _tuple(name, call_student(flush_thresholds, e, m, name="flush_thresholds"), 2)
+        zero_max, inf_min = (expect_number(f"{name}: {k}", v) for k, v in zip(("zero_max", "inf_min"), res))
+        want_zero, want_inf = _thresholds(e, m)
+        f = FloatFormat(what, e, m)
+        for k, got, want, wrong in [
+            ("zero_max", zero_max, want_zero, {
+                "subnormals forgotten: below the smallest normal number 2^emin come the subnormals, down to "
+                "2^(emin − m); only what rounds below the smallest subnormal is lost": [f.tiny, f.tiny / 2],
+                "the smallest subnormal itself is representable: round to nearest sends to 0 only magnitudes up "
+                "to half of it (the tie at exactly half goes to the even neighbour, 0)": [f.smallest_subnormal],
+                "mantissa bits off by one: the smallest subnormal is 2^(emin − m) with the m stored bits":
+                    [f.smallest_subnormal, f.smallest_subnormal / 4],
+            }),
+            ("inf_min", inf_min, want_inf, {
+                "max itself is finite, and so is everything that rounds to it: a magnitude becomes inf from "
+                "max + ulp(max)/2 on (ulp(max) = 2^(emax − m))": [f.max],
+                "2^(emax + 1) = max + ulp(max) is one rounding step too far: the tie max + ulp(max)/2 already "
+                "goes to inf (ties go to the even neighbour, and max's last mantissa bit is odd)": [_p2(f.emax + 1)],
+            }),
+        ]:
+            if got == want:
+                continue
+            for message, alts in wrong.items():
+                if any(math.isclose(got, a, rel_tol=1e-12) for a in alts):
+                    raise AssertionError(f"{name}: {k}: {message}")
+            raise AssertionError(f"{name}: {k}: expected {want!r}; got {got!r} "
+                                 f"(which rounds to {_cast([got], e, m)[0]!r} in this format)")
+    passed("flush thresholds", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def gradient_population(n: int, log2_centre: float, log2_spread: float, seed: int) -> torch.Tensor:
+    """``n`` float32 gradients with ``log2|g| ~ N(log2_centre, log2_spread²)`` and random signs (a
+    log-normal population, the shape Micikevicius et al. report), clipped to float32's normal range."""
+    g = torch.Generator().manual_seed(seed)
+    log2 = (torch.randn(n, generator=g, dtype=torch.float64) * log2_spread + log2_centre).clamp(-120, 120)
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+    return (torch.exp2(log2) * sign).float()
+
+
+_K_RANGE = range(-150, 151)       # every power of two that keeps S·g inside float32's range for the cases
+
+
+def _fp16_counts(grads: torch.Tensor, k: int, zero_at: float | None = None) -> tuple[float, bool]:
+    """``(fraction that becomes 0, any becomes inf)`` for ``2^k · grads`` cast to fp16 by torch (the scaled
+    values are exact in float32, so the cast rounds once); ``zero_at``: count ``|S·g| < zero_at`` as lost."""
+    scaled = (grads.double() * _p2(k) if k < 1024 else grads.double() * math.inf).float()
+    half = scaled.to(torch.float16)
+    zero = (half == 0) if zero_at is None else (scaled.abs() < zero_at)
+    return zero.double().mean().item(), bool(torch.isinf(half).any())
+
+
+def _smallest_scale(grads, max_zero_fraction, *, zero_at=None, overflow_check=True, ks=_K_RANGE,
+                    largest=False, strict=False):
+    """The reference (defaults) and the known mistakes: ``zero_at`` a wrong underflow threshold, no overflow
+    check, a limited search range ``ks``, the largest safe scale instead, ``<`` for ``≤``."""
+    ok = []
+    for k in ks:
+        zero, inf = _fp16_counts(grads, k, zero_at)
+        meets = zero < max_zero_fraction if strict else zero <= max_zero_fraction
+        if largest:
+            if not inf and meets:
+                ok.append(k)
+            continue
+        if meets:
+            return None if (inf and overflow_check) else _p2(k)
+    return _p2(max(ok)) if ok else None
+
+
+SCALE_CASES = {
+    # what: (n, log2 centre, log2 spread, seed, max_zero_fraction)
+    "activation gradients around 2^-24, at most 1% may vanish": (4000, -24.0, 5.0, 11, 0.01),
+    "the same population, none may vanish": (4000, -24.0, 5.0, 11, 0.0),
+    "a wide population (spread 7 binades): no scale fits": (4000, -20.0, 7.0, 12, 0.001),
+    "large gradients around 2^3: S below 1": (2000, 3.0, 2.0, 13, 0.0),
+}
+
+
+def check_smallest_loss_scale(smallest_loss_scale) -> None:
+    """Task 6: the smallest power of two S with at most ``max_zero_fraction`` of ``S·g`` lost in fp16 and no
+    inf, or None; compared with torch's own cast over every power of two on unseen gradient populations."""
+    g = torch.Generator().manual_seed(1106)
+    cases = [(what, *spec) for what, spec in SCALE_CASES.items()]
+    cases.append(("tiny gradients around 2^-60 (S far beyond 2^24)", 3000, -60.0, 3.0, 14, 0.001))
+    for i in range(3):          # populations the sheet does not print
+        centre = float(torch.empty(1).uniform_(-40.0, 0.0, generator=g))
+        spread = float(torch.empty(1).uniform_(1.5, 6.0, generator=g))
+        frac = [0.0, 0.001, 0.01, 0.05][int(torch.randint(0, 4, (1,), generator=g))]
+        n = int(torch.randint(1000, 5000, (1,), generator=g))
+        cases.append((f"an unseen population #{i + 1}", n, centre, spread, 1107 + i, frac))
+    for what, n, centre, spread, seed, frac in cases:
+        name = f"smallest_loss_scale({what}, max_zero_fraction={frac:g})"
+        grads = gradient_population(n, centre, spread, seed)
+        got = call_student(smallest_loss_scale, grads.clone(), frac, name="smallest_loss_scale")
+        want = _smallest_scale(grads, frac)
+        if got is not None:
+            got = expect_number(name, got)
+        if got == want:
+            continue
+        if got is not None and (got <= 0 or math.frexp(got)[0] != 0.5):
+            raise AssertionError(f"{name}: expected a power of two (2^k: scaling by it is exact) or None; got {got!r}")
+        if want is None:
+            k = round(math.log2(got)) if got else 0
+            zero, inf = _fp16_counts(grads, k)
+            if inf and zero <= frac:
+                raise AssertionError(
+                    f"{name}: no overflow check: at S = {got:g} some S·g is inf in fp16 (|S·g| ≥ 65520), and every "
+                    f"smaller scale loses more than {frac:g} of the gradients, so no scale works: return None")
+        mistakes = {
+            "'at most': a fraction equal to max_zero_fraction is allowed (with 0, none may vanish — and that is "
+            "possible)": dict(strict=True),
+            "subnormals counted as lost (|S·g| below the smallest normal 2^-14): fp16 keeps them down to 2^-24; "
+            "only what rounds to 0 is lost": dict(zero_at=2.0 ** -14),
+            "no overflow check: some S·g is inf in fp16 (|S·g| ≥ 65520) at that scale": dict(overflow_check=False),
+            "searched only S ≥ 1: gradients this large need a scale below 1 (S = 2^k with k < 0)":
+                dict(ks=range(0, 151)),
+            "searched a fixed range of scales (up to 2^24?): tiny gradients need larger ones":
+                dict(ks=range(-150, 25)),
+            "that is the largest scale without overflow (where a dynamic scaler drifts to); the task asks for the "
+            "smallest that keeps enough gradients": dict(largest=True),
+        }
+        for message, mistake in mistakes.items():
+            alt = _smallest_scale(grads, frac, **mistake)
+            if alt != want and got == alt:
+                raise AssertionError(f"{name}: {message}")
+        if want is not None and got is not None:
+            k_got, k_want = round(math.log2(got)), round(math.log2(want))
+            zero, inf = _fp16_counts(grads, k_got)
+            why = (f"at S = 2^{k_got}, {zero:.4%} of S·g become 0 in fp16 (allowed: {frac:.4%})" if zero > frac else
+                   f"at S = 2^{k_got} some S·g become inf" if inf else
+                   f"S = 2^{k_got} works, but 2^{k_want} is smaller and works too")
+            raise AssertionError(f"{name}: expected S = 2^{k_want}; got 2^{k_got}: {why}")
+        raise AssertionError(f"{name}: expected {want!r}; got {got!r}")
+    passed("smallest loss scale", len(cases))
