@@ -13,7 +13,7 @@ Tokens are rows: the functions below take ``x`` of shape ``[T, d_model]`` (flatt
 
 * :func:`router_probs`, :func:`top_k_gating` — the router and top-k gating with renormalisation;
 * :func:`noisy_top_k_logits` — Shazeer's noisy gating ``H(x) = x W_g + ε · softplus(x W_noise)``,
-  :func:`mix_uniform_noise` — the lecture's ``(1 − α) p + α ε`` with ``ε`` on the simplex;
+  :func:`mix_uniform_noise` — ``(1 − α) p + α ε`` with ``ε`` on the simplex;
 * :func:`moe_naive` (a loop over tokens) and :func:`moe_dispatch` (sort the (token, expert)
   assignments by expert, run each expert once on its tokens, ``index_add_`` the weighted outputs
   back) — the same result, the second is how MoE layers are implemented;

@@ -224,7 +224,7 @@ def relative_positions(q_positions: torch.Tensor, k_positions: torch.Tensor, max
 
 
 def relative_position_matrix(n: int, max_distance: int | None = None, *, device=None) -> torch.Tensor:
-    """The ``[n, n]`` matrix of clipped offsets ``clip(j − i, −k, k)`` of the lecture.
+    """The ``[n, n]`` matrix of clipped offsets ``clip(j − i, −k, k)`` (Shaw et al.).
 
     ``relative_position_matrix(5, 2)`` is::
 
@@ -244,7 +244,7 @@ class RelativePositionEmbedding(nn.Module):
     ``w_K, w_V ∈ R^{(2k+1) × head_dim}``; the pair (i, j) uses row ``clip(j − i, −k, k) + k``:
     ``a^K_ij = w_K[clip(j − i) + k]``, ``a^V_ij = w_V[clip(j − i) + k]`` (shared by the heads, as in
     the paper). ``forward(q_positions, k_positions)`` returns ``(R^K, R^V)`` materialised as
-    ``[..., T, S, head_dim]`` (the lecture's n × n × d tensors); ``index`` returns just the rows
+    ``[..., T, S, head_dim]`` (the n × n × d tensors of Shaw et al.); ``index`` returns just the rows
     used, ``[..., T, S]``, which is what ``relative_attention`` needs (it never materialises R^K).
     """
 
@@ -430,7 +430,7 @@ def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
 
 def rope_rotation_matrix(m: float, head_dim: int, base: float = 10000.0, *, layout: str = "interleaved",
                          dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The ``[d, d]`` block-diagonal rotation ``R^d_{Θ,m}`` of the lecture (O(d²) to apply).
+    """The ``[d, d]`` block-diagonal rotation ``R^d_{Θ,m}`` of RoFormer (O(d²) to apply).
 
     In the interleaved layout it is block-diagonal with 2 × 2 blocks
     ((cos mθ_i, −sin mθ_i), (sin mθ_i, cos mθ_i)); in the half layout the same rotations act on
@@ -516,7 +516,7 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 
     For n a power of two: the geometric sequence that starts at 2^(−8/n) with ratio 2^(−8/n),
     m_h = 2^(−8h/n), h = 1 … n (8 heads: 1/2, 1/4, …, 1/256; 16 heads: 2^(−1/2), 2^(−1), …, 2^(−8),
-    the lecture's m_h = 2^(−h/2)). Otherwise, as in the paper's reference code: the slopes of the
+    m_h = 2^(−h/2)). Otherwise, as in the paper's reference code: the slopes of the
     closest smaller power of two 2^a, then every other slope of 2^(a+1) heads (the ones that
     interleave between them), as many as are missing.
     """
