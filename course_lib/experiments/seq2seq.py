@@ -314,9 +314,12 @@ def load_results(path=None, task: str = "reverse") -> dict:
     return json.loads(Path(path).read_text())
 
 
-def plot_cross_attention(weights, task: str = "reverse", *, axes=None, titles=None):
+def plot_cross_attention(weights, task: str = "reverse", *, axes=None, titles=None, source=None, output=None):
     """One panel per head: cross-attention maps ``[h, T, S]`` (rows: decoder steps, columns:
-    source positions), the expected source position of each step outlined. Returns the figure."""
+    source positions), the expected source position of each step outlined. Returns the figure.
+
+    ``source``, ``output``: optional tick labels (the source symbols, the symbols written at each step).
+    """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -331,14 +334,20 @@ def plot_cross_attention(weights, task: str = "reverse", *, axes=None, titles=No
     fig = axes[0].figure
     want = expected_source_position(task, T)
     for i, ax in enumerate(axes):
-        plot_attention(weights[i], ax=ax, colorbar=False, vmax=1,
+        plot_attention(weights[i], output, source, ax=ax, colorbar=False, vmax=1,
                        title=titles[i] if titles else f"head {i + 1}")
         for r in range(T):
             ax.add_patch(Rectangle((want[r] - 0.5, r - 0.5), 1, 1, fill=False, ec=PALETTE["new"], lw=0.9))
-        ax.set_xlabel("source position")
-        ax.set_ylabel("decoder step" if i == 0 else "")
-        ax.set_xticks(range(0, S, max(1, S // 5)))
-        ax.set_yticks(range(0, T, max(1, T // 5)))
+        ax.set_xlabel("source" if source is not None else "source position")
+        ax.set_ylabel(("output" if output is not None else "decoder step") if i == 0 else "")
+        if source is None:
+            ax.set_xticks(range(0, S, max(1, S // 5)))
+        else:
+            ax.tick_params(axis="x", labelrotation=0)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("center")
+        if output is None:
+            ax.set_yticks(range(0, T, max(1, T // 5)))
     fig.tight_layout()
     return fig
 
