@@ -40,6 +40,7 @@ import torch
 
 from course_lib.data import CharCorpus
 from course_lib.experiments.extrapolation import _cpu_name
+from course_lib.experiments.seq2seq import _load_average
 from course_lib.model import mha_to_gqa
 from course_lib.train import evaluate, load_checkpoint, train
 
@@ -126,12 +127,14 @@ def run(s: Settings = Settings(), *, checkpoint=None, device=None, progress: boo
             "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
                        f"device {next(model.parameters()).device}",
             "wall_seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
+            "load_average": _load_average(),
             "checkpoint": Path(CHECKPOINT if checkpoint is None else checkpoint).name,
             "corpus_fingerprint": corpus.fingerprint(),
         }
     finally:
         torch.set_num_threads(threads)
     return results
+
 
 
 # ----------------------------------------------------------------------------- show

@@ -298,6 +298,7 @@ def run(s: Settings = Settings(), *, device=None, log=print, checkpoint=None) ->
             "machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
                        f"device {next(model.parameters()).device}",
             "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+            "load_average": _load_average(),
             "date": time.strftime("%Y-%m-%d"),
         }
     finally:
@@ -306,6 +307,14 @@ def run(s: Settings = Settings(), *, device=None, log=print, checkpoint=None) ->
         f"argmax on the expected source position per layer/head {results['argmax_on_expected']}")
     return results
 
+
+
+def _load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages when the run ended (other programs slow a run down)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):   # not on every platform
+        return None
 
 # ----------------------------------------------------------------------------- show
 def load_results(path=None, task: str = "reverse") -> dict:
