@@ -78,6 +78,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (other programs slow a timed run down); None where unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):   # not on every platform
+        return None
+
+
 def machine_description(device: torch.device | str | None = None) -> str:
     """One line for a saved result: the CPU, its logical CPUs, torch's threads and the device (GPU name)."""
     device = torch.device(device) if device is not None else torch.device("cpu")

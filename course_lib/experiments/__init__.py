@@ -12,4 +12,9 @@ offers a ``--quick`` mode with tiny sizes that the tests and the chapters run.
   ``results/pretraining_<command>.{json,png}``: a pre-trained decoder fine-tuned vs one trained from
   scratch against the number of labels (L1 score, linear probe, L2, L3); a small BERT pre-trained
   with MLM + NSP, and with MLM only; in-context learning of random functions, accuracy against k.
+* ``seq2seq`` — Chapter 2: a small encoder–decoder of ``course_lib.mha`` layers trained to reverse
+  (or copy) random sequences; saves a fp16 checkpoint (``checkpoints/ch02_reverse.pt``) and its
+  evaluation: exact match, and how often each cross-attention head looks at source position T−1−i.
+* ``gqa_uptraining`` — Chapter 4: the Chapter 4 checkpoint mean-pooled to 2 and 1 K/V heads, then
+  uptrained for 5% of its original steps (Ainslie et al., 2023), with an MHA control.
 """
