@@ -19,7 +19,6 @@ the likely mistake when the student's result matches a known wrong answer.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -41,41 +40,37 @@ __all__ = [
     "LOGIT_SCALE_EXAMPLES",
     "check_kernel_queries_keys",
     "nadaraya_watson_weights",
+    "call_without",
 ]
 
 D_GRID = (4, 16, 64, 256, 1024)
 
 
-@contextlib.contextmanager
-def _forbidden(what: str, targets: list[tuple[object, str]]):
-    """While active, calling any ``getattr(owner, name)`` raises an AssertionError that names ``what``."""
-    saved = [(owner, name, getattr(owner, name)) for owner, name in targets]
-
-    def refuse(*args, **kwargs):
-        raise _Forbidden(what)
-
-    for owner, name, _ in saved:
-        setattr(owner, name, refuse)
-    try:
-        yield
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
-
-
 class _Forbidden(AssertionError):
-    """Raised inside the student's call when it uses a function the task rules out."""
+    """Raised inside the student's call when it uses what the task rules out."""
 
 
-def _call_without(what: str, targets, fn, *args, name: str, **kwargs):
-    """call_student with the functions in ``targets`` ruled out; a use of one fails with a clear message."""
-    with _forbidden(what, targets):
-        try:
-            return call_student(fn, *args, name=name, **kwargs)
-        except AssertionError as exc:
-            if isinstance(exc.__cause__, _Forbidden) or isinstance(exc, _Forbidden):
-                raise AssertionError(f"{name} calls {what}: the task asks you to write it yourself") from None
-            raise
+def call_without(targets: list[tuple[object, str]], fn, *args, name: str, message: str, **kwargs):
+    """``call_student(fn, *args, **kwargs)`` while every ``getattr(owner, attr)`` in ``targets`` is replaced by
+    a function that raises: an answer that uses one of them (a library function the task asks the learner to
+    write, ``nn.Module.__init__`` for a count to be derived) fails with ``f"{name} {message}"``. The originals
+    are restored afterwards. (Used by the checks of Exercises 1–3.)"""
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr in targets]
+
+    def refuse(*a, **k):
+        raise _Forbidden()
+
+    for owner, attr, _ in saved:
+        setattr(owner, attr, refuse)
+    try:
+        return call_student(fn, *args, name=name, **kwargs)
+    except AssertionError as exc:
+        if isinstance(exc.__cause__, _Forbidden):
+            raise AssertionError(f"{name} {message}") from None
+        raise
+    finally:
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
 
 
 _SOFTMAXES = [(torch, "softmax"), (torch.nn.functional, "softmax"), (torch.Tensor, "softmax"),
@@ -98,7 +93,8 @@ def check_softmax(softmax) -> None:
     ]
     for what, x, dim in cases:
         x_before = x.clone()
-        got = _call_without("torch.softmax (or F.softmax)", _SOFTMAXES, softmax, x, dim=dim, name="softmax")
+        got = call_without(_SOFTMAXES, softmax, x, dim=dim, name="softmax",
+                           message="calls torch.softmax (or F.softmax): the task asks you to write it yourself")
         got = expect_tensor(f"softmax on {what}", got, tuple(x.shape), x.dtype)
         if not torch.equal(x, x_before):
             raise AssertionError(f"softmax on {what}: your function modified its input in place")
@@ -176,8 +172,8 @@ def check_attention(attention) -> None:
         ("a fully masked query row", q, k, v, fully),
     ]
     for what, q_, k_, v_, m in cases:
-        res = _call_without("F.scaled_dot_product_attention", [(F, "scaled_dot_product_attention")],
-                            attention, q_, k_, v_, mask=m, name="attention")
+        res = call_without([(F, "scaled_dot_product_attention")], attention, q_, k_, v_, mask=m, name="attention",
+                           message="calls F.scaled_dot_product_attention: the task asks you to write it yourself")
         if not (isinstance(res, tuple) and len(res) == 2):
             raise AssertionError(f"attention with {what}: expected a tuple (output, weights); got {type(res).__name__}")
         out, w = res
