@@ -231,6 +231,26 @@ def kernel_table(x_query, x_train, bandwidth):
     return w.log(), torch.eye(len(x_train), dtype=x_train.dtype)
 
 
+def kernel_first_coordinate_only(x_query, x_train, bandwidth):
+    """Right for the sheet's 1-D demo only: the key's bias uses the first coordinate, not |x_i|²."""
+    q, k = kernel_ok(x_query, x_train, bandwidth)
+    k[:, -1] = -x_train[:, 0] ** 2 / (2 * bandwidth ** 2)
+    return q, k
+
+
+def kernel_two_p_features(x_query, x_train, bandwidth):
+    """A right answer with 2p features: one bias per coordinate, summed by the dot product."""
+    h2 = bandwidth ** 2
+    q = torch.cat([x_query / h2, torch.ones_like(x_query)], dim=1)
+    k = torch.cat([x_train, -x_train ** 2 / (2 * h2)], dim=1)
+    return q, k
+
+
+def test_kernel_queries_keys_accepts_any_feature_layout(capsys):
+    ch01.check_kernel_queries_keys(kernel_two_p_features)
+    assert capsys.readouterr().out == "✓ kernel_queries_keys: all 8 cases passed\n"
+
+
 def kernel_row_constant_from_keys(x_query, x_train, bandwidth):
     """Queries carry the mean of the training points: right weights, but q depends on the keys' data."""
     q, k = kernel_ok(x_query, x_train, bandwidth)
@@ -243,7 +263,8 @@ def kernel_row_constant_from_keys(x_query, x_train, bandwidth):
     (lambda *a: kernel_ok(*a, h_power=1), "the bandwidth enters squared"),
     (lambda *a: kernel_ok(*a, two=2.0), "a factor 2 is missing"),
     (lambda *a: kernel_ok(*a, sign=-1.0), "sign flipped"),
-    (kernel_table, "not rows of a precomputed"),
+    (kernel_table, "the queries changed when only the training points changed"),
+    (kernel_first_coordinate_only, "wrong values|the key's own term"),
     (kernel_row_constant_from_keys, "the queries changed when only the training points changed"),
     (lambda xq, xt, h: (kernel_ok(xq, xt, h)[0], kernel_ok(xq, xt, h)[1] + xq.mean()), "key i must be a function of x_i alone"),
     (lambda *a: kernel_ok(*a)[0], "expected a tuple"),

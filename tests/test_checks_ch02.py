@@ -200,6 +200,13 @@ def test_head_contributions_passes(capsys):
     assert capsys.readouterr().out == "✓ head_contributions: all 5 cases passed\n"
 
 
+def contributions_demo_only(x, params, n_heads, context=None):
+    """Right for the sheet's demo (D = 16, 4 heads): head width 4 hard-coded."""
+    heads_w = params["w_o"].view(params["w_o"].shape[0], -1, 4)                   # [D, D / 4, 4]
+    out = contributions_ok(x, params, n_heads, context)
+    return out if heads_w.shape[1] == n_heads else out[:, :heads_w.shape[1]]
+
+
 def contributions_rows_scaled(x, params, n_heads, context=None):
     """Right sum, wrong split: every head gets 1/h of the full output. Passes the sum, not the per-head test."""
     out = contributions_ok(x, params, n_heads, context).sum(1, keepdim=True)
@@ -213,6 +220,7 @@ def contributions_rows_scaled(x, params, n_heads, context=None):
     (lambda *a: contributions_ok(*a, o_slice="strided"), "took every h-th column of W\\^O"),
     (lambda *a: contributions_ok(*a).sum(1), "returned \\[B, T, D\\], the summed output"),
     (contributions_rows_scaled, "wrong values"),
+    (contributions_demo_only, "head_contributions raised|wrong values|expected shape"),
     (lambda *a: contributions_ok(*a)[:, :1], "expected shape"),
 ])
 def test_head_contributions_names_the_mistake(wrong, message):

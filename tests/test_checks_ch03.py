@@ -352,6 +352,13 @@ def left_ok(lengths, T, *, diag=True, shift=True, side="left", causal=True, pad=
     return mask, pos
 
 
+def left_first_row_longest(lengths, T):
+    """Right for the sheet's demo, whose first prompt is the longest: positions shifted by lengths[0] − n, not T − n."""
+    mask, _ = left_ok(lengths, T)
+    start = int(lengths[0]) - lengths
+    return mask, (torch.arange(T)[None, :] - start[:, None]).clamp(0, 31)
+
+
 def test_left_padded_inputs_passes(capsys):
     ch03.check_left_padded_inputs(left_ok)
     assert capsys.readouterr().out == "✓ left_padded_inputs: all 6 cases passed\n"
@@ -378,6 +385,7 @@ def test_left_padded_reference_matches_the_models_own_rule():
     (lambda l, T: (left_ok(l, T)[0], left_ok(l, T)[1] - 1), "positions off by one|position ids must index"),
     (lambda l, T: (left_ok(l, T)[0], left_ok(l, T)[1].float()), "must be integers"),
     (lambda l, T: left_ok(l, T)[0], "expected a tuple"),
+    (left_first_row_longest, "positions off by one|wrong position ids"),
 ])
 def test_left_padded_inputs_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
