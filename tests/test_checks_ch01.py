@@ -33,6 +33,15 @@ def attention_ok(q, k, v, mask=None, *, scale=None, axis=-1, invert=False, trans
     return w @ v, w
 
 
+def attention_finite_fill(q, k, v, mask=None):
+    """Blocked scores set to −1e9: right everywhere except on a fully masked row (uniform, not 0)."""
+    s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, -1e9)
+    w = torch.softmax(s, dim=-1)
+    return w @ v, w
+
+
 def qk_variance_ok(d, scaled, n_samples=20_000, seed=0, *, stat="var", divisor=None):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(n_samples, d, generator=g)
@@ -97,6 +106,7 @@ def test_attention_passes(capsys):
         (lambda q, k, v, mask=None: attention_ok(q, k, v, mask, invert=True), "mask inverted"),
         (lambda q, k, v, mask=None: attention_ok(q, k, v, mask, transpose=True), "mask transposed"),
         (lambda q, k, v, mask=None: attention_ok(q, k, v, mask, nan_ok=True), "fully masked query row"),
+        (lambda q, k, v, mask=None: attention_finite_fill(q, k, v, mask), "got uniform weights"),
         (lambda q, k, v, mask=None: attention_ok(q, k, v, mask)[0], "expected a tuple"),
         (lambda q, k, v, mask=None: attention_ok(q, k, v, mask)[::-1], "expected shape"),
         (lambda q, k, v, mask=None: (attention_ok(q, k, v, mask)[0].double(), attention_ok(q, k, v, mask)[1]), "expected dtype torch.float32"),

@@ -286,6 +286,8 @@ def test_causal_lm_loss_passes(capsys):
         (lambda lg, ids, a=None: lm_loss_ok(lg, ids, a, reduction="sum"), "summed instead of averaged"),
         (lambda lg, ids, a=None: lm_loss_ok(lg, ids, a, reduction="none"), "expected a scalar loss"),
         (lambda lg, ids, a=None: lm_loss_ok(lg, ids, a).float(), "expected dtype torch.float64"),
+        (lambda lg, ids, a=None: torch.stack([lm_loss_ok(lg[b:b + 1], ids[b:b + 1], None if a is None else a[b:b + 1])
+                                              for b in range(len(ids))]).mean(), "averaged per sequence"),
     ],
 )
 def test_causal_lm_loss_names_the_mistake(wrong, message):

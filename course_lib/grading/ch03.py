@@ -374,6 +374,13 @@ def check_mlm(mlm_mask) -> None:
 
 
 # ----------------------------------------------------------------------------- task 5
+def _mean_of_sequence_means(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """The mean over sequences of each sequence's mean loss (None when no sequence has a target)."""
+    per_seq = [ref.causal_lm_loss(logits[b:b + 1], labels[b:b + 1]) for b in range(len(labels))
+               if (labels[b, 1:] != -100).any()]
+    return torch.stack(per_seq).mean() if per_seq else None
+
+
 def check_causal_lm_loss(causal_lm_loss) -> None:
     """Task 5: mean next-token cross-entropy over the real tokens (logits[:, t] predicts input_ids[:, t+1])."""
     g = torch.Generator().manual_seed(505)
@@ -400,6 +407,8 @@ def check_causal_lm_loss(causal_lm_loss) -> None:
                 ce(logits[:, 1:], labels[:, :-1]),
             "padding counted as targets: set the labels of padded positions to −100": unmasked if attn is not None else None,
             "summed instead of averaged over the targets": ref.causal_lm_loss(logits, labels, reduction="sum"),
+            "averaged per sequence, then over the batch: the loss is the mean over ALL real targets of the batch "
+            "(a short sequence must not weigh as much as a long one)": _mean_of_sequence_means(logits, labels),
         })
     passed("causal_lm_loss", len(cases))
 
