@@ -406,3 +406,54 @@ def test_an_answer_that_is_or_calls_the_library_fails():
     with pytest.raises(AssertionError, match="prefix_lm_mask calls course_lib.masks"):
         ch03.check_prefix_lm_mask(lambda p, l, T: ch03.reference_prefix_lm_mask(p, l, T))
     assert masks.causal_mask(2).all(-1)[-1]          # the library is restored after the check
+
+
+# ----------------------------------------------------------------------------- task 8 (transfer)
+def packed_ok(input_ids, doc_lengths):
+    ends = torch.cumsum(torch.tensor(doc_lengths), 0) - 1                   # the last token of each document
+    targets = torch.cat([input_ids[1:], torch.tensor([-100])])
+    targets[ends] = -100
+    return targets
+
+
+def test_packed_targets_passes(capsys):
+    ch03.check_packed_targets(packed_ok)
+    assert capsys.readouterr().out == "✓ packed_targets: all 7 cases passed\n"
+
+
+def test_packed_targets_reference_gives_the_separate_documents_loss():
+    """The point: with these targets the packed loss is the loss of the documents run one by one."""
+    g = torch.Generator().manual_seed(0)
+    doc_lengths = [3, 5, 2]
+    ids = torch.randint(0, 9, (10,), generator=g)
+    logits = torch.randn(10, 9, generator=g, dtype=torch.float64)
+    packed = F.cross_entropy(logits, ch03.reference_packed_targets(ids, doc_lengths), ignore_index=-100, reduction="sum")
+    separate, start = 0.0, 0
+    for n in doc_lengths:
+        separate = separate + F.cross_entropy(logits[start:start + n - 1], ids[start + 1:start + n], reduction="sum")
+        start += n
+    torch.testing.assert_close(packed, separate)
+
+
+def packed_first_demo_only(input_ids, doc_lengths):
+    """Right for the sheet's demo [3, 5, 2] only: boundaries hard-coded after tokens 2 and 7."""
+    targets = torch.cat([input_ids[1:], torch.tensor([-100])])
+    targets[[i for i in (2, 7) if i < len(targets)]] = -100
+    return targets
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "packed_targets is not implemented yet"),
+    (lambda ids, dl: torch.cat([ids[1:], torch.tensor([-100])]), "the last token of a document is trained to predict"),
+    (lambda ids, dl: torch.cat([ids[1:], torch.tensor([-100])]).index_fill(
+        0, torch.tensor([0] + torch.cumsum(torch.tensor(dl), 0)[:-1].tolist()), -100), "the first token of every document"),
+    (lambda ids, dl: ids.clone().index_fill(0, torch.tensor(torch.cumsum(torch.tensor(dl), 0)[:-1].tolist() + [0]), -100),
+     "unshifted labels"),
+    (lambda ids, dl: ids.masked_fill(packed_ok(ids, dl) == -100, -100), "not shifted"),
+    (packed_first_demo_only, "the last token of a document is trained to predict|entries are wrong"),
+    (lambda ids, dl: packed_ok(ids, dl)[None], "expected shape"),
+    (lambda ids, dl: torch.tensor(packed_ok(ids, dl).tolist()[:-1] + [0]), "entries are wrong"),
+])
+def test_packed_targets_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch03.check_packed_targets(wrong)

@@ -15,7 +15,9 @@ Tasks, in the order of the exercise notebook:
    mask, bidirectional over each row's own prefix, causal after it, with key padding;
 7. (transfer) ``left_padded_inputs(lengths, T)`` → ``(mask [B, 1, T, T], position_ids [B, T])`` for batched
    generation: run through a small decoder with a textbook softmax (NaN on an empty row), the left-padded
-   batch must give each row's logits alone.
+   batch must give each row's logits alone;
+8. (transfer) ``packed_targets(input_ids, doc_lengths)`` → ``[L]``: next-token targets of a packed row,
+   aligned with the logits, with ``-100`` where the next token belongs to another document.
 
 Each check compares with ``course_lib.masks`` on seeded cases and names the likely mistake.
 """
@@ -46,6 +48,8 @@ __all__ = [
     "check_left_padded_inputs",
     "reference_left_padded_inputs",
     "TinyDecoder",
+    "check_packed_targets",
+    "reference_packed_targets",
 ]
 
 
@@ -580,3 +584,48 @@ def check_left_padded_inputs(left_padded_inputs) -> None:
                 expect_close(f"{name}: logits of row {b} vs the row run alone", logits[b, T - n:], alone,
                              atol=1e-9, rtol=1e-7)
     passed("left_padded_inputs", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 8 (transfer)
+def reference_packed_targets(input_ids: torch.Tensor, doc_lengths) -> torch.Tensor:
+    """``[L]`` targets aligned with the logits of a packed row: ``input_ids[t + 1]`` when token t + 1 is in
+    t's document, ``-100`` at the last token of every document (the row's last token included)."""
+    doc = torch.repeat_interleave(torch.arange(len(doc_lengths)), torch.as_tensor(doc_lengths))
+    targets = torch.full_like(input_ids, -100)
+    same = doc[1:] == doc[:-1]
+    targets[:-1] = torch.where(same, input_ids[1:], torch.full_like(input_ids[1:], -100))
+    return targets
+
+
+def check_packed_targets(packed_targets) -> None:
+    """Task 8: next-token targets of a packed row, with no target across a document boundary."""
+    g = torch.Generator().manual_seed(808)
+    cases = [[3, 5, 2], [1, 4], [6]]
+    for _ in range(4):                                   # rows the sheet does not print
+        n = int(torch.randint(2, 6, (1,), generator=g))
+        cases.append(torch.randint(1, 7, (n,), generator=g).tolist())
+    for doc_lengths in cases:
+        L = sum(doc_lengths)
+        ids = torch.randint(0, 50, (L,), generator=g)
+        name = f"packed_targets(input_ids [{L}], doc_lengths={doc_lengths})"
+        got = _call_own(packed_targets, ids.clone(), list(doc_lengths), name="packed_targets")
+        got = expect_tensor(name, got, (L,))
+        want = reference_packed_targets(ids, doc_lengths)
+        starts = torch.tensor([0] + list(torch.cumsum(torch.tensor(doc_lengths), 0)[:-1]))
+        plain = torch.cat([ids[1:], torch.tensor([-100])])
+        first_dropped = plain.clone()
+        first_dropped[starts] = -100
+        unshifted = ids.clone()
+        unshifted[starts[1:]] = -100
+        unshifted[0] = -100
+        own = ids.masked_fill(want == -100, -100)
+        _expect_equal(name, got, want, {
+            "the last token of a document is trained to predict the first token of the next: where t + 1 starts "
+            "a new document, the target of t must be −100 (the plain causal shift leaks across documents)": plain,
+            "the first token of every document was dropped: it is a fine input (it predicts the second token); "
+            "what must go is the target of each document's LAST token": first_dropped,
+            "these are unshifted labels (−100 at each document's first token; the loss would shift them): this task "
+            "asks for targets aligned with the logits, targets[t] = the token that logits[t] predicts": unshifted,
+            "not shifted: logits[t] predicts the NEXT token, input_ids[t + 1], not its own input": own,
+        })
+    passed("packed_targets", len(cases))
