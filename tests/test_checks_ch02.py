@@ -232,10 +232,10 @@ def test_pruning_a_head_silences_its_term_only():
     """The property the check asserts, on the reference: zeroing head j's columns of W^O changes term j only."""
     _, params = ch02.torch_mha_with_params(12, 3, seed=0, dtype=torch.float64)
     x = torch.randn(2, 4, 12, dtype=torch.float64)
-    full = ch02.reference_head_contributions(x, params, 3)
+    full = ch02._head_contributions(x, params, 3)
     pruned = dict(params, w_o=params["w_o"].clone())
     pruned["w_o"][:, 4:8] = 0
-    out = ch02.reference_head_contributions(x, pruned, 3)
+    out = ch02._head_contributions(x, pruned, 3)
     assert torch.equal(out[:, [0, 2]], full[:, [0, 2]]) and out[:, 1].abs().max() == 0
 
 

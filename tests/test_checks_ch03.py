@@ -370,7 +370,7 @@ def test_left_padded_reference_matches_the_models_own_rule():
     """The reference's positions are course_lib.model.positions_from_mask at the real tokens."""
     from course_lib.model import positions_from_mask
     lengths, T = torch.tensor([5, 2, 3]), 5
-    _, pos = ch03.reference_left_padded_inputs(lengths, T)
+    _, pos = ch03._left_padded_inputs(lengths, T)
     assert torch.equal(pos, positions_from_mask(ch03.ref.padding_mask(lengths, T, side="left")[:, 0, 0]))
 
 
@@ -404,7 +404,7 @@ def test_an_answer_that_is_or_calls_the_library_fails():
     with pytest.raises(AssertionError, match="causal_lm_loss calls course_lib.masks"):
         ch03.check_causal_lm_loss(lambda lg, ids, a=None: masks.causal_lm_loss(lg, masks.causal_lm_labels(ids, a)))
     with pytest.raises(AssertionError, match="prefix_lm_mask calls course_lib.masks"):
-        ch03.check_prefix_lm_mask(lambda p, l, T: ch03.reference_prefix_lm_mask(p, l, T))
+        ch03.check_prefix_lm_mask(lambda p, l, T: ch03._prefix_lm_mask(p, l, T))
     assert masks.causal_mask(2).all(-1)[-1]          # the library is restored after the check
 
 
@@ -427,7 +427,7 @@ def test_packed_targets_reference_gives_the_separate_documents_loss():
     doc_lengths = [3, 5, 2]
     ids = torch.randint(0, 9, (10,), generator=g)
     logits = torch.randn(10, 9, generator=g, dtype=torch.float64)
-    packed = F.cross_entropy(logits, ch03.reference_packed_targets(ids, doc_lengths), ignore_index=-100, reduction="sum")
+    packed = F.cross_entropy(logits, ch03._packed_targets(ids, doc_lengths), ignore_index=-100, reduction="sum")
     separate, start = 0.0, 0
     for n in doc_lengths:
         separate = separate + F.cross_entropy(logits[start:start + n - 1], ids[start + 1:start + n], reduction="sum")

@@ -36,7 +36,6 @@ __all__ = [
     "SATURATION_THRESHOLD",
     "reference_mean_max_weight",
     "check_logit_scale",
-    "reference_logit_scale",
     "LOGIT_SCALE_EXAMPLES",
     "check_kernel_queries_keys",
     "nadaraya_watson_weights",
@@ -280,7 +279,7 @@ def check_saturation(mean_max_weight, d_saturated) -> None:
 
 
 # ----------------------------------------------------------------------------- task 5 (transfer)
-def reference_logit_scale(d: int, mu_q: float, sigma_q: float, mu_k: float, sigma_k: float) -> float:
+def _logit_scale(d: int, mu_q: float, sigma_q: float, mu_k: float, sigma_k: float) -> float:
     """c with E_q[Var_k(c · q·k | q)] = 1: the spread of one query's scores over many keys.
 
     With q fixed, q·k = Σ_j q_j k_j has variance Σ_j q_j² σ_k² over the keys; averaged over queries,
@@ -331,7 +330,7 @@ def check_logit_scale(logit_scale) -> None:
     for d, mq, sq, mk, sk in cases:
         name = f"logit_scale(d={d}, mu_q={mq}, sigma_q={sq}, mu_k={mk}, sigma_k={sk})"
         got = expect_number(name, call_student(logit_scale, d, mq, sq, mk, sk, name="logit_scale"))
-        want = reference_logit_scale(d, mq, sq, mk, sk)
+        want = _logit_scale(d, mq, sq, mk, sk)
         if math.isclose(got, want, rel_tol=1e-6):
             continue
         for message, alt in _logit_scale_mistakes(d, mq, sq, mk, sk).items():

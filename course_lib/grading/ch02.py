@@ -39,9 +39,7 @@ __all__ = [
     "torch_mha_with_params",
     "reference_mha",
     "check_head_contributions",
-    "reference_head_contributions",
     "check_encoder_decoder_param_count",
-    "reference_encoder_decoder_param_count",
     "ENC_DEC_EXAMPLES",
 ]
 
@@ -304,7 +302,7 @@ def check_param_count(mha_param_count) -> None:
 
 
 # ----------------------------------------------------------------------------- task 5 (transfer)
-def reference_head_contributions(x, params, n_heads, context=None, mask=None, *, o_slice="columns",
+def _head_contributions(x, params, n_heads, context=None, mask=None, *, o_slice="columns",
                                  bias_per_head=False):
     """``[B, h, T, D]``: head i's output times the columns i·d_h … (i+1)·d_h − 1 of W^O.
 
@@ -354,18 +352,18 @@ def check_head_contributions(head_contributions) -> None:
         c = x if context is None else context
         with torch.no_grad():
             want_out, _ = ref(x, c, c, average_attn_weights=False)
-        want = reference_head_contributions(x, params, h, context)
+        want = _head_contributions(x, params, h, context)
         args = (x, params, h, context)
         mistakes = {
             "the output bias b_o was added to every head: Σ_i (head_i W^O_i + b_o) counts it h times; a contribution "
             "is head_i W^O_i alone (the bias is added once, to the sum)":
-                reference_head_contributions(*args, bias_per_head=True),
+                _head_contributions(*args, bias_per_head=True),
             "sliced the rows of W^O: it is stored [out, in] (nn.Linear), so head i feeds the COLUMNS "
             "i·d_h … (i+1)·d_h − 1, and its contribution is head_i @ w_o[:, block].T":
-                reference_head_contributions(*args, o_slice="rows"),
+                _head_contributions(*args, o_slice="rows"),
             "took every h-th column of W^O: merge_heads puts head i's features at the consecutive block "
             "i·d_h … (i+1)·d_h − 1, and those are the columns of W^O it meets":
-                reference_head_contributions(*args, o_slice="strided"),
+                _head_contributions(*args, o_slice="strided"),
         }
         expect_close(what, got, want, mistakes=mistakes, atol=1e-10, rtol=1e-8)
         summed = got.sum(1) + params["b_o"]
@@ -386,7 +384,7 @@ def check_head_contributions(head_contributions) -> None:
 
 
 # ----------------------------------------------------------------------------- task 6 (transfer)
-def reference_encoder_decoder_param_count(d_model: int, n_heads: int, d_ff: int, n_enc: int, n_dec: int) -> int:
+def _torch_param_count(d_model: int, n_heads: int, d_ff: int, n_enc: int, n_dec: int) -> int:
     """The parameters of ``nn.Transformer(d_model, n_heads, n_enc, n_dec, d_ff)``, counted by torch itself
     (on the meta device: nothing is allocated)."""
     with warnings.catch_warnings():                 # torch's note on nested tensors (odd head counts) is noise here
@@ -431,7 +429,7 @@ def check_encoder_decoder_param_count(count_fn) -> None:
         name = f"encoder_decoder_param_count(d_model={D}, n_heads={h}, d_ff={d_ff}, n_enc={n_enc}, n_dec={n_dec})"
         got = expect_number(name, _call_counting(count_fn, D, h, d_ff, n_enc, n_dec,
                                                  name="encoder_decoder_param_count"))
-        want = reference_encoder_decoder_param_count(D, h, d_ff, n_enc, n_dec)
+        want = _torch_param_count(D, h, d_ff, n_enc, n_dec)
         if got == want:
             continue
         args = (D, d_ff, n_enc, n_dec)

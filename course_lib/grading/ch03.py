@@ -44,12 +44,9 @@ __all__ = [
     "mlm_batch",
     "mlm_statistics",
     "check_prefix_lm_mask",
-    "reference_prefix_lm_mask",
     "check_left_padded_inputs",
-    "reference_left_padded_inputs",
     "TinyDecoder",
     "check_packed_targets",
-    "reference_packed_targets",
 ]
 
 
@@ -418,7 +415,7 @@ def check_causal_lm_loss(causal_lm_loss) -> None:
 
 
 # ----------------------------------------------------------------------------- task 6 (transfer)
-def reference_prefix_lm_mask(prefix_lengths: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+def _prefix_lm_mask(prefix_lengths: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
     """``[B, 1, T, T]``: key j visible to query i iff j is real and (j ≤ i or j lies in the prefix)."""
     j = torch.arange(T)
     prefix = j[None, :] < prefix_lengths[:, None]                               # [B, T] keys in the prefix
@@ -430,7 +427,7 @@ def _prefix_mistakes(prefix_lengths, lengths, T) -> dict[str, torch.Tensor]:
     i = torch.arange(T)
     pad = ref.padding_mask(lengths, T)
     causal = ref.causal_mask(T)
-    want = reference_prefix_lm_mask(prefix_lengths, lengths, T)
+    want = _prefix_lm_mask(prefix_lengths, lengths, T)
     rows_in_prefix = (i[None, :] < prefix_lengths[:, None])[:, None, :, None]   # [B, 1, T, 1]
     return {
         "the prefix is ignored — this is the plain causal mask: the prefix keys must be visible to every query "
@@ -439,13 +436,13 @@ def _prefix_mistakes(prefix_lengths, lengths, T) -> dict[str, torch.Tensor]:
         "the future it must predict; the prefix is a set of KEYS that every query may see":
             ref.combine_masks(pad, causal | rows_in_prefix),
         "one prefix too many (off by one): the prefix has prefix_lengths[b] tokens, keys 0 … prefix_lengths[b] − 1":
-            reference_prefix_lm_mask(prefix_lengths + 1, lengths, T),
+            _prefix_lm_mask(prefix_lengths + 1, lengths, T),
         "one prefix too few (off by one): the prefix has prefix_lengths[b] tokens, keys 0 … prefix_lengths[b] − 1":
-            reference_prefix_lm_mask((prefix_lengths - 1).clamp_min(0), lengths, T),
+            _prefix_lm_mask((prefix_lengths - 1).clamp_min(0), lengths, T),
         "the first sequence's prefix length is used for the whole batch: each row has its own":
-            reference_prefix_lm_mask(prefix_lengths[:1].expand_as(prefix_lengths), lengths, T),
+            _prefix_lm_mask(prefix_lengths[:1].expand_as(prefix_lengths), lengths, T),
         "the padding mask is missing: padded keys must stay hidden from every query":
-            reference_prefix_lm_mask(prefix_lengths, torch.full_like(lengths, T), T),
+            _prefix_lm_mask(prefix_lengths, torch.full_like(lengths, T), T),
         "mask transposed: rows are queries, columns are keys": want.transpose(-2, -1),
         "causal AND prefix: a key must be visible if it is in the past OR in the prefix (an OR of the two masks, "
         "where combine_masks takes the AND)":
@@ -471,7 +468,7 @@ def check_prefix_lm_mask(prefix_lm_mask) -> None:
         name = f"prefix_lm_mask(prefix_lengths={prefix.tolist()}, lengths={lengths.tolist()}, T={T})"
         got = _call_own(prefix_lm_mask, prefix.clone(), lengths.clone(), T, name="prefix_lm_mask")
         got = expect_tensor(name, got, (len(lengths), 1, T, T), torch.bool)
-        _expect_equal(name, got, reference_prefix_lm_mask(prefix, lengths, T), _prefix_mistakes(prefix, lengths, T))
+        _expect_equal(name, got, _prefix_lm_mask(prefix, lengths, T), _prefix_mistakes(prefix, lengths, T))
     passed("prefix_lm_mask", len(cases))
 
 
@@ -506,7 +503,7 @@ class TinyDecoder(torch.nn.Module):
         return self.head(x)
 
 
-def reference_left_padded_inputs(lengths: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_padded_inputs(lengths: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left padding: keys real and causal, padded queries see themselves (no empty row); positions from 0."""
     real = ref.padding_mask(lengths, T, side="left")                             # [B, 1, 1, T]
     mask = ref.combine_masks(real, ref.causal_mask(T)) | torch.eye(T, dtype=torch.bool)
@@ -533,7 +530,7 @@ def check_left_padded_inputs(left_padded_inputs) -> None:
         pos = expect_tensor(f"{name}: position_ids", res[1], (B, T))
         if pos.is_floating_point() or pos.dtype == torch.bool:
             raise AssertionError(f"{name}: position_ids must be integers (they index an embedding); got {pos.dtype}")
-        want_mask, want_pos = reference_left_padded_inputs(lengths, T)
+        want_mask, want_pos = _left_padded_inputs(lengths, T)
         real = ref.padding_mask(lengths, T, side="left")[:, 0, 0]                # [B, T] True at real tokens
         # 1. positions of the real tokens: 0, 1, …, length − 1 in every row.
         if not torch.equal(pos[real], want_pos[real]):
@@ -587,7 +584,7 @@ def check_left_padded_inputs(left_padded_inputs) -> None:
 
 
 # ----------------------------------------------------------------------------- task 8 (transfer)
-def reference_packed_targets(input_ids: torch.Tensor, doc_lengths) -> torch.Tensor:
+def _packed_targets(input_ids: torch.Tensor, doc_lengths) -> torch.Tensor:
     """``[L]`` targets aligned with the logits of a packed row: ``input_ids[t + 1]`` when token t + 1 is in
     t's document, ``-100`` at the last token of every document (the row's last token included)."""
     doc = torch.repeat_interleave(torch.arange(len(doc_lengths)), torch.as_tensor(doc_lengths))
@@ -610,7 +607,7 @@ def check_packed_targets(packed_targets) -> None:
         name = f"packed_targets(input_ids [{L}], doc_lengths={doc_lengths})"
         got = _call_own(packed_targets, ids.clone(), list(doc_lengths), name="packed_targets")
         got = expect_tensor(name, got, (L,))
-        want = reference_packed_targets(ids, doc_lengths)
+        want = _packed_targets(ids, doc_lengths)
         starts = torch.tensor([0] + list(torch.cumsum(torch.tensor(doc_lengths), 0)[:-1]))
         plain = torch.cat([ids[1:], torch.tensor([-100])])
         first_dropped = plain.clone()
