@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from course_lib.grading import ch02
 from helpers import stub
@@ -153,3 +155,122 @@ def test_param_count_passes(capsys):
 def test_param_count_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch02.check_param_count(wrong)
+
+
+# ----------------------------------------------------------------------------- task 4: derived, not built
+def test_param_count_fails_an_answer_that_builds_the_module():
+    counted = lambda d, h, bias=True: sum(p.numel() for p in nn.MultiheadAttention(d, h, bias=bias).parameters())  # noqa: E731
+    with pytest.raises(AssertionError, match="mha_param_count built a torch module"):
+        ch02.check_param_count(counted)
+    nn.Linear(2, 2)                                   # modules can be built again after the check
+
+
+# ----------------------------------------------------------------------------- task 2: no torch attention
+def test_mha_forward_fails_an_answer_that_calls_torch_attention():
+    def via_sdpa(x, params, n_heads, context=None, mask=None):
+        out, w = mha_ok(x, params, n_heads, context, mask)
+        F.scaled_dot_product_attention(x[:, None], x[:, None], x[:, None])
+        return out, w
+    with pytest.raises(AssertionError, match="mha_forward calls torch's attention"):
+        ch02.check_mha_forward(via_sdpa)
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def contributions_ok(x, params, n_heads, context=None, *, o_slice="columns", bias_per_head=False):
+    B, T, D = x.shape
+    d = D // n_heads
+    c = x if context is None else context
+    q, k, v = (split_ok(inp @ params[f"w_{n}"].T + params[f"b_{n}"], n_heads) for inp, n in ((x, "q"), (c, "k"), (c, "v")))
+    heads = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), dim=-1) @ v          # [B, h, T, d]
+    outs = []
+    for i in range(n_heads):
+        block = slice(i * d, (i + 1) * d)
+        if o_slice == "columns":
+            w_i = params["w_o"][:, block].T                                         # [d, D]
+        elif o_slice == "rows":
+            w_i = params["w_o"][block, :]
+        else:
+            w_i = params["w_o"][:, i::n_heads].T
+        outs.append(heads[:, i] @ w_i + (params["b_o"] if bias_per_head else 0))
+    return torch.stack(outs, dim=1)
+
+
+def test_head_contributions_passes(capsys):
+    ch02.check_head_contributions(contributions_ok)
+    assert capsys.readouterr().out == "✓ head_contributions: all 5 cases passed\n"
+
+
+def contributions_demo_only(x, params, n_heads, context=None):
+    """Right for the sheet's demo (D = 16, 4 heads): head width 4 hard-coded."""
+    heads_w = params["w_o"].view(params["w_o"].shape[0], -1, 4)                   # [D, D / 4, 4]
+    out = contributions_ok(x, params, n_heads, context)
+    return out if heads_w.shape[1] == n_heads else out[:, :heads_w.shape[1]]
+
+
+def contributions_rows_scaled(x, params, n_heads, context=None):
+    """Right sum, wrong split: every head gets 1/h of the full output. Passes the sum, not the per-head test."""
+    out = contributions_ok(x, params, n_heads, context).sum(1, keepdim=True)
+    return out.expand(-1, n_heads, -1, -1) / n_heads
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "head_contributions is not implemented yet"),
+    (lambda *a: contributions_ok(*a, bias_per_head=True), "the output bias b_o was added to every head"),
+    (lambda *a: contributions_ok(*a, o_slice="rows"), "sliced the rows of W\\^O"),
+    (lambda *a: contributions_ok(*a, o_slice="strided"), "took every h-th column of W\\^O"),
+    (lambda *a: contributions_ok(*a).sum(1), "returned \\[B, T, D\\], the summed output"),
+    (contributions_rows_scaled, "wrong values"),
+    (contributions_demo_only, "head_contributions raised|wrong values|expected shape"),
+    (lambda *a: contributions_ok(*a)[:, :1], "expected shape"),
+])
+def test_head_contributions_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch02.check_head_contributions(wrong)
+
+
+def test_pruning_a_head_silences_its_term_only():
+    """The property the check asserts, on the reference: zeroing head j's columns of W^O changes term j only."""
+    _, params = ch02.torch_mha_with_params(12, 3, seed=0, dtype=torch.float64)
+    x = torch.randn(2, 4, 12, dtype=torch.float64)
+    full = ch02._head_contributions(x, params, 3)
+    pruned = dict(params, w_o=params["w_o"].clone())
+    pruned["w_o"][:, 4:8] = 0
+    out = ch02._head_contributions(x, pruned, 3)
+    assert torch.equal(out[:, [0, 2]], full[:, [0, 2]]) and out[:, 1].abs().max() == 0
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def enc_dec_ok(d_model, n_heads, d_ff, n_enc, n_dec, **kw):
+    return ch02._enc_dec_count(d_model, d_ff, n_enc, n_dec, **kw)
+
+
+def test_encoder_decoder_param_count_passes(capsys):
+    ch02.check_encoder_decoder_param_count(enc_dec_ok)
+    assert capsys.readouterr().out == "✓ encoder_decoder_param_count: all 8 cases passed\n"
+
+
+def test_the_formula_is_torchs_count():
+    """The mistake model's correct branch is nn.Transformer's own count (built for real here, not on meta)."""
+    for D, h, d_ff, n_enc, n_dec in [(16, 2, 40, 2, 3), (24, 4, 8, 1, 1)]:
+        model = nn.Transformer(D, h, n_enc, n_dec, d_ff, batch_first=True)
+        assert sum(p.numel() for p in model.parameters()) == enc_dec_ok(D, h, d_ff, n_enc, n_dec)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "encoder_decoder_param_count is not implemented yet"),
+    (lambda *a: enc_dec_ok(*a, cross=False), "the decoder's cross-attention is missing"),
+    (lambda *a: enc_dec_ok(*a, mha_bias=False), "the attention biases are missing"),
+    (lambda *a: enc_dec_ok(*a, ffn_bias=False), "the feed-forward biases are missing"),
+    (lambda *a: enc_dec_ok(*a, ffn_mats=1), "one feed-forward matrix only"),
+    (lambda *a: enc_dec_ok(*a, ln_enc=0, ln_dec=0, final_norms=0), "the LayerNorms are missing"),
+    (lambda *a: enc_dec_ok(*a, ln_dec=2), "a decoder layer has three LayerNorms"),
+    (lambda *a: enc_dec_ok(*a, final_norms=0), "the final LayerNorms"),
+    (lambda *a: enc_dec_ok(*a, ln_params=1), "a gain AND a bias"),
+    (lambda D, h, f, e, d: enc_dec_ok(D, h, f, d, e), "encoder and decoder layers swapped"),
+    (lambda D, h, f, e, d: sum(p.numel() for p in nn.Transformer(D, h, e, d, f, batch_first=True).parameters()), "built a torch module"),
+    (lambda D, h, f, e, d: enc_dec_ok(D, h, f, e, d) if D >= 512 or D == 64 else enc_dec_ok(D, h, f, e, d) + 1,
+     "expected"),
+])
+def test_encoder_decoder_param_count_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch02.check_encoder_decoder_param_count(wrong)

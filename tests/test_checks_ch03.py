@@ -206,9 +206,14 @@ def test_additive_names_the_mistake(wrong, message):
 
 # ----------------------------------------------------------------------------- task 4
 def test_mlm_passes_with_the_reference_and_with_an_independent_implementation(capsys):
+    import types
+
     from course_lib.masks import mlm_mask
 
-    ch03.check_mlm(mlm_mask)
+    # the reference's own code, as a student's function (the check refuses course_lib.masks.mlm_mask itself)
+    copy = types.FunctionType(mlm_mask.__code__, mlm_mask.__globals__, "mlm_mask", mlm_mask.__defaults__)
+    copy.__kwdefaults__, copy.__module__ = mlm_mask.__kwdefaults__, "__main__"
+    ch03.check_mlm(copy)
     ch03.check_mlm(mlm_ok)
     assert capsys.readouterr().out == "✓ mlm_mask: all 4 cases passed\n" * 2
 
@@ -281,8 +286,174 @@ def test_causal_lm_loss_passes(capsys):
         (lambda lg, ids, a=None: lm_loss_ok(lg, ids, a, reduction="sum"), "summed instead of averaged"),
         (lambda lg, ids, a=None: lm_loss_ok(lg, ids, a, reduction="none"), "expected a scalar loss"),
         (lambda lg, ids, a=None: lm_loss_ok(lg, ids, a).float(), "expected dtype torch.float64"),
+        (lambda lg, ids, a=None: torch.stack([lm_loss_ok(lg[b:b + 1], ids[b:b + 1], None if a is None else a[b:b + 1])
+                                              for b in range(len(ids))]).mean(), "averaged per sequence"),
     ],
 )
 def test_causal_lm_loss_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch03.check_causal_lm_loss(wrong)
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def prefix_ok(prefix_lengths, lengths, T, *, on_queries=False, shift=0, first_only=False, pad=True, and_=False):
+    i = torch.arange(T)
+    if first_only:
+        prefix_lengths = prefix_lengths[:1].expand_as(prefix_lengths)
+    in_prefix = i[None, :] < (prefix_lengths + shift)[:, None]                 # [B, T]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    extra = in_prefix[:, :, None] if on_queries else in_prefix[:, None, :]     # rows or columns
+    visible = (causal[None] & extra) if and_ else (causal[None] | extra)
+    if pad:
+        visible = visible & (i[None, :] < lengths[:, None])[:, None, :]
+    return visible[:, None]
+
+
+def test_prefix_lm_mask_passes(capsys):
+    ch03.check_prefix_lm_mask(prefix_ok)
+    assert capsys.readouterr().out == "✓ prefix_lm_mask: all 7 cases passed\n"
+
+
+def prefix_right_on_sheet_only(prefix_lengths, lengths, T):
+    """Right on the sheet's printed batch (prefix lengths 2, 3), one shared prefix elsewhere."""
+    return prefix_ok(prefix_lengths, lengths, T, first_only=prefix_lengths.tolist() != [2, 3])
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "prefix_lm_mask is not implemented yet"),
+    (lambda p, l, T: prefix_ok(p * 0, l, T), "the prefix is ignored"),
+    (lambda p, l, T: prefix_ok(p, l, T, and_=True), "causal AND prefix"),
+    (lambda p, l, T: prefix_ok(p, l, T, on_queries=True), "the prefix is applied to the queries"),
+    (lambda p, l, T: prefix_ok(p, l, T, shift=1), "one prefix too many"),
+    (lambda p, l, T: prefix_ok(p, l, T, shift=-1), "one prefix too few"),
+    (lambda p, l, T: prefix_ok(p, l, T, first_only=True), "the first sequence's prefix length"),
+    (prefix_right_on_sheet_only, "the first sequence's prefix length|the prefix is ignored"),
+    (lambda p, l, T: prefix_ok(p, l, T, pad=False), "the padding mask is missing"),
+    (lambda p, l, T: prefix_ok(p, l, T).transpose(-2, -1), "mask transposed"),
+    (lambda p, l, T: prefix_ok(p, l, T)[:, 0], "expected shape"),
+    (lambda p, l, T: prefix_ok(p, l, T).int(), "expected dtype torch.bool"),
+])
+def test_prefix_lm_mask_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch03.check_prefix_lm_mask(wrong)
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+def left_ok(lengths, T, *, diag=True, shift=True, side="left", causal=True, pad=True, plus=0):
+    j = torch.arange(T)
+    start = T - lengths if side == "left" else torch.zeros_like(lengths)
+    real = (j[None, :] >= start[:, None]) & (j[None, :] < (start + lengths)[:, None])   # [B, T]
+    mask = torch.ones(len(lengths), 1, T, T, dtype=torch.bool)
+    if pad:
+        mask = mask & real[:, None, None, :]
+    if causal:
+        mask = mask & torch.ones(T, T, dtype=torch.bool).tril()
+    if diag:
+        mask = mask | torch.eye(T, dtype=torch.bool)
+    pos = (j[None, :] - start[:, None]).clamp_min(0) + plus if shift else j.expand(len(lengths), T).clone()
+    return mask, pos
+
+
+def left_first_row_longest(lengths, T):
+    """Right for the sheet's demo, whose first prompt is the longest: positions shifted by lengths[0] − n, not T − n."""
+    mask, _ = left_ok(lengths, T)
+    start = int(lengths[0]) - lengths
+    return mask, (torch.arange(T)[None, :] - start[:, None]).clamp(0, 31)
+
+
+def test_left_padded_inputs_passes(capsys):
+    ch03.check_left_padded_inputs(left_ok)
+    assert capsys.readouterr().out == "✓ left_padded_inputs: all 6 cases passed\n"
+
+
+def test_left_padded_reference_matches_the_models_own_rule():
+    """The reference's positions are course_lib.model.positions_from_mask at the real tokens."""
+    from course_lib.model import positions_from_mask
+    lengths, T = torch.tensor([5, 2, 3]), 5
+    _, pos = ch03._left_padded_inputs(lengths, T)
+    assert torch.equal(pos, positions_from_mask(ch03.ref.padding_mask(lengths, T, side="left")[:, 0, 0]))
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "left_padded_inputs is not implemented yet"),
+    (lambda l, T: left_ok(l, T, diag=False), "NaN logits at real tokens"),
+    (lambda l, T: left_ok(l, T, shift=False), "positions not shifted"),
+    (lambda l, T: left_ok(l, T, plus=1), "positions off by one"),
+    (lambda l, T: (left_ok(l, T)[0], left_ok(l, T, side="right")[1]), "positions not shifted"),
+    (lambda l, T: (left_ok(l, T)[0], left_ok(l, T)[1].flip(-1)), "wrong position ids"),
+    (lambda l, T: (left_ok(l, T, side="right")[0], left_ok(l, T)[1]), "padding on the wrong side"),
+    (lambda l, T: left_ok(l, T, causal=False), "the causal mask is missing"),
+    (lambda l, T: left_ok(l, T, pad=False), "the padding mask is missing"),
+    (lambda l, T: (left_ok(l, T)[0], left_ok(l, T)[1] - 1), "positions off by one|position ids must index"),
+    (lambda l, T: (left_ok(l, T)[0], left_ok(l, T)[1].float()), "must be integers"),
+    (lambda l, T: left_ok(l, T)[0], "expected a tuple"),
+    (left_first_row_longest, "positions off by one|wrong position ids"),
+])
+def test_left_padded_inputs_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch03.check_left_padded_inputs(wrong)
+
+
+# ----------------------------------------------------------------------------- the sheet's rule: no course_lib.masks
+def test_an_answer_that_is_or_calls_the_library_fails():
+    from course_lib import masks
+    with pytest.raises(AssertionError, match="causal_mask is course_lib.masks.causal_mask itself"):
+        ch03.check_basic_masks(masks.causal_mask, padding_ok)
+    with pytest.raises(AssertionError, match="padding_mask calls course_lib.masks"):
+        ch03.check_basic_masks(causal_ok, lambda lengths, S: masks.padding_mask(lengths, S))
+    with pytest.raises(AssertionError, match="causal_lm_loss calls course_lib.masks"):
+        ch03.check_causal_lm_loss(lambda lg, ids, a=None: masks.causal_lm_loss(lg, masks.causal_lm_labels(ids, a)))
+    with pytest.raises(AssertionError, match="prefix_lm_mask calls course_lib.masks"):
+        ch03.check_prefix_lm_mask(lambda p, l, T: ch03._prefix_lm_mask(p, l, T))
+    assert masks.causal_mask(2).all(-1)[-1]          # the library is restored after the check
+
+
+# ----------------------------------------------------------------------------- task 8 (transfer)
+def packed_ok(input_ids, doc_lengths):
+    ends = torch.cumsum(torch.tensor(doc_lengths), 0) - 1                   # the last token of each document
+    targets = torch.cat([input_ids[1:], torch.tensor([-100])])
+    targets[ends] = -100
+    return targets
+
+
+def test_packed_targets_passes(capsys):
+    ch03.check_packed_targets(packed_ok)
+    assert capsys.readouterr().out == "✓ packed_targets: all 7 cases passed\n"
+
+
+def test_packed_targets_reference_gives_the_separate_documents_loss():
+    """The point: with these targets the packed loss is the loss of the documents run one by one."""
+    g = torch.Generator().manual_seed(0)
+    doc_lengths = [3, 5, 2]
+    ids = torch.randint(0, 9, (10,), generator=g)
+    logits = torch.randn(10, 9, generator=g, dtype=torch.float64)
+    packed = F.cross_entropy(logits, ch03._packed_targets(ids, doc_lengths), ignore_index=-100, reduction="sum")
+    separate, start = 0.0, 0
+    for n in doc_lengths:
+        separate = separate + F.cross_entropy(logits[start:start + n - 1], ids[start + 1:start + n], reduction="sum")
+        start += n
+    torch.testing.assert_close(packed, separate)
+
+
+def packed_first_demo_only(input_ids, doc_lengths):
+    """Right for the sheet's demo [3, 5, 2] only: boundaries hard-coded after tokens 2 and 7."""
+    targets = torch.cat([input_ids[1:], torch.tensor([-100])])
+    targets[[i for i in (2, 7) if i < len(targets)]] = -100
+    return targets
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (stub, "packed_targets is not implemented yet"),
+    (lambda ids, dl: torch.cat([ids[1:], torch.tensor([-100])]), "the last token of a document is trained to predict"),
+    (lambda ids, dl: torch.cat([ids[1:], torch.tensor([-100])]).index_fill(
+        0, torch.tensor([0] + torch.cumsum(torch.tensor(dl), 0)[:-1].tolist()), -100), "the first token of every document"),
+    (lambda ids, dl: ids.clone().index_fill(0, torch.tensor(torch.cumsum(torch.tensor(dl), 0)[:-1].tolist() + [0]), -100),
+     "unshifted labels"),
+    (lambda ids, dl: ids.masked_fill(packed_ok(ids, dl) == -100, -100), "not shifted"),
+    (packed_first_demo_only, "the last token of a document is trained to predict|entries are wrong"),
+    (lambda ids, dl: packed_ok(ids, dl)[None], "expected shape"),
+    (lambda ids, dl: torch.tensor(packed_ok(ids, dl).tolist()[:-1] + [0]), "entries are wrong"),
+])
+def test_packed_targets_names_the_mistake(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        ch03.check_packed_targets(wrong)

@@ -6,7 +6,12 @@ Tasks, in the order of the exercise notebook:
 2. ``attention(q, k, v, mask=None)`` → ``(output, weights)`` — scaled dot-product attention
    with a boolean mask (True = may attend); a fully masked query row gets zeros;
 3. ``qk_variance(d, scaled, n_samples=20_000, seed=0)`` — the measured Var(q·k);
-4. ``mean_max_weight(d, scaled, …)`` and the number ``D_SATURATED`` read off its plot.
+4. ``mean_max_weight(d, scaled, …)`` and the number ``D_SATURATED`` read off its plot;
+5. (transfer) ``logit_scale(d, mu_q, sigma_q, mu_k, sigma_k)`` — the scale that gives the scores of one
+   query over many keys variance 1 when the entries of q and k are not centred (derived, then sampled);
+6. (transfer) ``kernel_queries_keys(x_query, x_train, bandwidth)`` → ``(q, k)`` — Nadaraya–Watson kernel
+   regression written as attention: ``softmax(q kᵀ)`` must be the Gaussian-kernel weight matrix, with each
+   query a function of its own point and each key of its own point.
 
 Each check compares with PyTorch (or with course_lib's reference) on seeded cases and names
 the likely mistake when the student's result matches a known wrong answer.
@@ -30,9 +35,45 @@ __all__ = [
     "D_GRID",
     "SATURATION_THRESHOLD",
     "reference_mean_max_weight",
+    "check_logit_scale",
+    "LOGIT_SCALE_EXAMPLES",
+    "check_kernel_queries_keys",
+    "nadaraya_watson_weights",
+    "call_without",
 ]
 
 D_GRID = (4, 16, 64, 256, 1024)
+
+
+class _Forbidden(AssertionError):
+    """Raised inside the student's call when it uses what the task rules out."""
+
+
+def call_without(targets: list[tuple[object, str]], fn, *args, name: str, message: str, **kwargs):
+    """``call_student(fn, *args, **kwargs)`` while every ``getattr(owner, attr)`` in ``targets`` is replaced by
+    a function that raises: an answer that uses one of them (a library function the task asks the learner to
+    write, ``nn.Module.__init__`` for a count to be derived) fails with ``f"{name} {message}"``. The originals
+    are restored afterwards. (Used by the checks of Exercises 1–3.)"""
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr in targets]
+
+    def refuse(*a, **k):
+        raise _Forbidden()
+
+    for owner, attr, _ in saved:
+        setattr(owner, attr, refuse)
+    try:
+        return call_student(fn, *args, name=name, **kwargs)
+    except AssertionError as exc:
+        if isinstance(exc.__cause__, _Forbidden):
+            raise AssertionError(f"{name} {message}") from None
+        raise
+    finally:
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
+
+
+_SOFTMAXES = [(torch, "softmax"), (torch.nn.functional, "softmax"), (torch.Tensor, "softmax"),
+              (torch.special, "softmax")]
 SATURATION_THRESHOLD = 0.75
 
 
@@ -51,7 +92,8 @@ def check_softmax(softmax) -> None:
     ]
     for what, x, dim in cases:
         x_before = x.clone()
-        got = call_student(softmax, x, dim=dim, name="softmax")
+        got = call_without(_SOFTMAXES, softmax, x, dim=dim, name="softmax",
+                           message="calls torch.softmax (or F.softmax): the task asks you to write it yourself")
         got = expect_tensor(f"softmax on {what}", got, tuple(x.shape), x.dtype)
         if not torch.equal(x, x_before):
             raise AssertionError(f"softmax on {what}: your function modified its input in place")
@@ -96,6 +138,10 @@ def _attention_mistakes(q, k, v, mask):
         out["mask inverted: True means 'may attend' (torch's convention), False is blocked"] = finish(s / math.sqrt(d), ~mask)
         if mask.shape[-1] == mask.shape[-2]:
             out["mask transposed: rows are queries, columns are keys"] = finish(s / math.sqrt(d), mask.transpose(-2, -1))
+        if not mask.any(-1).all():
+            w = torch.softmax((s / math.sqrt(d)).masked_fill(~mask, -1e9), dim=-1)
+            out["a fully masked query row got uniform weights (a large finite negative such as −1e9 instead of −inf): "
+                "a query that may attend to nothing must get weights 0 and output 0"] = (w @ v, w)
     return out
 
 
@@ -129,7 +175,8 @@ def check_attention(attention) -> None:
         ("a fully masked query row", q, k, v, fully),
     ]
     for what, q_, k_, v_, m in cases:
-        res = call_student(attention, q_, k_, v_, mask=m, name="attention")
+        res = call_without([(F, "scaled_dot_product_attention")], attention, q_, k_, v_, mask=m, name="attention",
+                           message="calls F.scaled_dot_product_attention: the task asks you to write it yourself")
         if not (isinstance(res, tuple) and len(res) == 2):
             raise AssertionError(f"attention with {what}: expected a tuple (output, weights); got {type(res).__name__}")
         out, w = res
@@ -160,6 +207,10 @@ def check_qk_variance(qk_variance) -> None:
             sc = expect_number(f"qk_variance(d={d}, scaled=True)",
                                call_student(qk_variance, d, scaled=True, n_samples=20_000, seed=seed, name="qk_variance"))
             n += 2
+            if raw == d or sc == 1.0:
+                raise AssertionError(f"qk_variance(d={d}, seed={seed}) returned exactly {raw if raw == d else sc:g}, "
+                                     "the theory's value: a sample variance never hits it exactly — draw the pairs "
+                                     "and measure it")
             if abs(raw - math.sqrt(d)) < 0.15 * math.sqrt(d):
                 raise AssertionError(f"qk_variance(d={d}, scaled=False) = {raw:.3g} ≈ √d: that is the standard deviation, not the variance")
             if abs(raw / d - 1) > 0.1:
@@ -174,7 +225,14 @@ def check_qk_variance(qk_variance) -> None:
     b = call_student(qk_variance, 64, scaled=False, n_samples=20_000, seed=0, name="qk_variance")
     if expect_number("qk_variance", a) != expect_number("qk_variance", b):
         raise AssertionError("qk_variance is not reproducible: use the seed (torch.Generator().manual_seed(seed))")
-    passed("qk_variance", n + 1)
+    other = expect_number("qk_variance", call_student(qk_variance, 64, scaled=False, n_samples=20_000, seed=7,
+                                                      name="qk_variance"))
+    small = expect_number("qk_variance", call_student(qk_variance, 64, scaled=False, n_samples=200, seed=0,
+                                                      name="qk_variance"))
+    if other == a or small == a:
+        raise AssertionError("qk_variance gives the same value for another seed or another n_samples: it must draw "
+                             "n_samples pairs from a generator seeded with seed and measure their variance")
+    passed("qk_variance", n + 2)
 
 
 # ----------------------------------------------------------------------------- task 4
@@ -218,3 +276,127 @@ def check_saturation(mean_max_weight, d_saturated) -> None:
             f"exceeds {SATURATION_THRESHOLD} — read it off your table"
         )
     passed("saturation", n + 1)
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def _logit_scale(d: int, mu_q: float, sigma_q: float, mu_k: float, sigma_k: float) -> float:
+    """c with E_q[Var_k(c · q·k | q)] = 1: the spread of one query's scores over many keys.
+
+    With q fixed, q·k = Σ_j q_j k_j has variance Σ_j q_j² σ_k² over the keys; averaged over queries,
+    E[q_j²] = σ_q² + μ_q². The key mean μ_k only shifts the whole row by μ_k Σ_j q_j, which the
+    softmax ignores.
+    """
+    return 1.0 / math.sqrt(d * sigma_k ** 2 * (sigma_q ** 2 + mu_q ** 2))
+
+
+def _logit_scale_mistakes(d, mq, sq, mk, sk) -> dict[str, float]:
+    row = d * sk ** 2 * (sq ** 2 + mq ** 2)
+    pair = d * (sq ** 2 * sk ** 2 + sq ** 2 * mk ** 2 + mq ** 2 * sk ** 2)
+    return {
+        "this normalises the variance over all (q, k) pairs, which counts the key mean μ_k; but μ_k only shifts a "
+        "whole row of scores by μ_k·Σ_j q_j, and the softmax ignores a shift of its row: the spread over the keys "
+        "of one query is Σ_j q_j² σ_k²": 1 / math.sqrt(pair),
+        "the means are ignored (1/√(d σ_q² σ_k²), which is the chapter's 1/√d when σ = 1): for a fixed query the keys' spread is Σ_j q_j² σ_k², and "
+        "E[q_j²] = σ_q² + μ_q², not σ_q²": 1 / math.sqrt(d * sq ** 2 * sk ** 2),
+        "this is 1/√d, the scale for mean-0, variance-1 entries only: redo the derivation with μ and σ":
+            1 / math.sqrt(d),
+        "this normalises E[(q·k)²] over pairs, (σ_q² + μ_q²)(σ_k² + μ_k²) per coordinate: the key mean only shifts "
+        "a row, subtract it (a variance over the keys, not a second moment)":
+            1 / math.sqrt(d * (sq ** 2 + mq ** 2) * (sk ** 2 + mk ** 2)),
+        "returned 1/variance: the scale is 1/√variance (a variance scales with c², not c)": 1 / row,
+        "returned the standard deviation of the scores: the scale divides by it, c = 1/std": math.sqrt(row),
+        "used σ where σ² belongs (sigma_q, sigma_k are standard deviations)":
+            1 / math.sqrt(d * sk * (sq + mq ** 2)),
+    }
+
+
+LOGIT_SCALE_EXAMPLES = [  # d, mu_q, sigma_q, mu_k, sigma_k: the sheet prints these
+    (64, 0.0, 1.0, 0.0, 1.0),
+    (64, 0.0, 2.0, 0.0, 0.5),
+    (64, 1.0, 1.0, 0.0, 1.0),
+    (64, 0.0, 1.0, 1.0, 1.0),
+]
+
+
+def check_logit_scale(logit_scale) -> None:
+    """Task 5: the scale that gives one query's scores over the keys variance 1, for non-centred q and k."""
+    g = torch.Generator().manual_seed(105)
+    cases = list(LOGIT_SCALE_EXAMPLES)
+    for _ in range(8):                                # sizes and moments the sheet does not print
+        d = int(torch.randint(3, 2048, (1,), generator=g))
+        mq, mk = (round(float(x), 3) for x in 3 * torch.rand(2, generator=g) - 1)
+        sq, sk = (round(float(x), 3) for x in 0.2 + 2 * torch.rand(2, generator=g))
+        cases.append((d, mq, sq, mk, sk))
+    for d, mq, sq, mk, sk in cases:
+        name = f"logit_scale(d={d}, mu_q={mq}, sigma_q={sq}, mu_k={mk}, sigma_k={sk})"
+        got = expect_number(name, call_student(logit_scale, d, mq, sq, mk, sk, name="logit_scale"))
+        want = _logit_scale(d, mq, sq, mk, sk)
+        if math.isclose(got, want, rel_tol=1e-6):
+            continue
+        for message, alt in _logit_scale_mistakes(d, mq, sq, mk, sk).items():
+            if not math.isclose(alt, want, rel_tol=1e-6) and math.isclose(got, alt, rel_tol=1e-6):
+                raise AssertionError(f"{name}: {message}")
+        raise AssertionError(f"{name}: expected {want:.6g}; got {got:.6g}")
+    passed("logit_scale", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def nadaraya_watson_weights(x_query: torch.Tensor, x_train: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """Gaussian-kernel weights K(x, x_i) / Σ_l K(x, x_l), K = exp(−|x − x_i|² / (2h²)): [T, p], [S, p] → [T, S]."""
+    return torch.softmax(-torch.cdist(x_query, x_train) ** 2 / (2 * bandwidth ** 2), dim=-1)
+
+
+def _kernel_mistakes(xq, xt, h) -> dict[str, torch.Tensor]:
+    sq = torch.cdist(xq, xt) ** 2
+    return {
+        "the key's own term −|x_i|²/(2h²) is missing: softmax(x·x_i / h²) favours training points of large norm, "
+        "not near ones; append it to each key as an extra coordinate (and a 1 to each query)":
+            torch.softmax(xq @ xt.T / h ** 2, dim=-1),
+        "the bandwidth enters squared: exp(−|x − x_i|² / (2h²)), not / (2h)": torch.softmax(-sq / (2 * h), dim=-1),
+        "a factor 2 is missing: the kernel is exp(−|x − x_i|² / (2h²)), so q·k_i = (x·x_i − |x_i|²/2) / h²":
+            torch.softmax(-sq / h ** 2, dim=-1),
+        "sign flipped: the weights must fall with the distance (−|x − x_i|²), not grow":
+            torch.softmax(sq / (2 * h ** 2), dim=-1),
+    }
+
+
+def check_kernel_queries_keys(kernel_queries_keys) -> None:
+    """Task 6: queries and keys whose softmax(q kᵀ) is the Nadaraya–Watson weight matrix."""
+    g = torch.Generator().manual_seed(106)
+    cases = [(5, 7, 1, 0.5), (8, 20, 1, 0.2), (6, 9, 2, 1.0), (3, 11, 3, 0.7)]
+    for _ in range(4):                                # sizes and bandwidths the sheet does not use
+        T, S, p = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((2, 12), (3, 30), (1, 5)))
+        cases.append((T, S, p, round(0.2 + float(torch.rand(1, generator=g)), 3)))
+    for T, S, p, h in cases:
+        name = f"kernel_queries_keys(x_query [{T}, {p}], x_train [{S}, {p}], bandwidth={h})"
+        xq = torch.randn(T, p, generator=g, dtype=torch.float64)
+        xt = 1.5 * torch.randn(S, p, generator=g, dtype=torch.float64)
+        res = call_student(kernel_queries_keys, xq.clone(), xt.clone(), h, name="kernel_queries_keys")
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise AssertionError(f"{name}: expected a tuple (q, k); got {type(res).__name__}")
+        q, k = res
+        for what, t, rows in (("q", q, T), ("k", k, S)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[0] != rows:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise AssertionError(f"{name}: {what} must be a 2-D tensor with one row per "
+                                     f"{'query' if what == 'q' else 'training point'} ({rows} rows); got {shape}")
+        if q.shape[1] != k.shape[1]:
+            raise AssertionError(f"{name}: q and k need the same feature width; got {q.shape[1]} and {k.shape[1]}")
+        # The point of attention: a query is computed from its own point only, a key from its own point only.
+        q_other, k_other = call_student(kernel_queries_keys, xq.clone(), xt.flip(0) + 1.0, h,
+                                        name="kernel_queries_keys")
+        if isinstance(q_other, torch.Tensor) and q_other.shape == q.shape and not torch.allclose(
+                q_other.double(), q.double(), atol=1e-9):
+            raise AssertionError(f"{name}: the queries changed when only the training points changed: "
+                                 "a query must depend on its own x alone (the keys carry the training points; "
+                                 "a precomputed [T, S] table of weights is not a query)")
+        _, k_perm = call_student(kernel_queries_keys, 2 * xq + 1.0, xt.flip(0).clone(), h,
+                                 name="kernel_queries_keys")
+        if isinstance(k_perm, torch.Tensor) and k_perm.shape == k.shape and not torch.allclose(
+                k_perm.double(), k.double().flip(0), atol=1e-9):
+            raise AssertionError(f"{name}: a key changed when the queries (or the order of the other points) changed: "
+                                 "key i must be a function of x_i alone")
+        got = torch.softmax(q.double() @ k.double().T, dim=-1)
+        expect_close(f"{name}: softmax(q kᵀ)", got, nadaraya_watson_weights(xq, xt, h),
+                     mistakes=_kernel_mistakes(xq, xt, h), atol=1e-6, rtol=1e-5)  # float32 answers too
+    passed("kernel_queries_keys", len(cases))

@@ -6,7 +6,12 @@ Tasks, in the order of the exercise notebook:
 2. ``mha_forward(x, params, n_heads, context=None, mask=None)`` → ``(output, weights)``, equal to
    ``torch.nn.MultiheadAttention`` given its weights (per-head weights ``[B, h, T, S]``);
 3. ``cross_attention(x, cond, cond_lengths, params, n_heads)`` — a padded condition of another length;
-4. ``mha_param_count(d_model, n_heads, bias=True)`` — the parameters of multi-head attention.
+4. ``mha_param_count(d_model, n_heads, bias=True)`` — the parameters of multi-head attention, derived
+   (building a module during the call fails the check);
+5. (transfer) ``head_contributions(x, params, n_heads, context=None)`` → ``[B, h, T, D]``: multi-head
+   attention written as a sum over heads, ``Σ_i head_i W^O_i + b_o``; pruning a head silences its term only;
+6. (transfer) ``encoder_decoder_param_count(d_model, n_heads, d_ff, n_enc, n_dec)`` — the parameters of
+   ``nn.Transformer``'s encoder–decoder stack, derived by hand.
 
 ``params`` is a dict with the ``nn.Linear`` convention (``y = x Wᵀ + b``, ``W`` of shape
 ``[out, in]``): ``w_q, b_q, w_k, b_k, w_v, b_v, w_o, b_o`` (biases may be None). Masks are
@@ -16,11 +21,14 @@ boolean, ``True`` where a query may attend (the course convention, the opposite 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.ch01 import call_without
 from course_lib.mha import from_torch_masks, merge_heads, split_heads
 
 __all__ = [
@@ -30,6 +38,9 @@ __all__ = [
     "check_param_count",
     "torch_mha_with_params",
     "reference_mha",
+    "check_head_contributions",
+    "check_encoder_decoder_param_count",
+    "ENC_DEC_EXAMPLES",
 ]
 
 
@@ -153,7 +164,10 @@ def _mha_mistakes(x, params, h, context, mask):
 def _check_mha_case(fn, fn_name, what, x, params, h, context, mask, want, want_w):
     B, T, D = x.shape
     S = T if context is None else context.shape[1]
-    res = call_student(fn, x, params, h, context=context, mask=mask, name=fn_name)
+    res = call_without([(F, "scaled_dot_product_attention"), (F, "multi_head_attention_forward")],
+                       fn, x, params, h, context=context, mask=mask, name=fn_name,
+                       message="calls torch's attention (F.scaled_dot_product_attention or nn.MultiheadAttention): "
+                               "the task is to write the forward pass yourself")
     if not (isinstance(res, tuple) and len(res) == 2):
         raise AssertionError(f"{fn_name} with {what}: expected a tuple (output, weights); got {type(res).__name__}")
     out, w = res
@@ -259,7 +273,7 @@ def check_param_count(mha_param_count) -> None:
             for bias in (True, False):
                 want = sum(p.numel() for p in nn.MultiheadAttention(D, h, bias=bias).parameters())
                 got = expect_number(f"mha_param_count({D}, {h}, bias={bias})",
-                                    call_student(mha_param_count, D, h, bias=bias, name="mha_param_count"))
+                                    _call_counting(mha_param_count, D, h, bias=bias, name="mha_param_count"))
                 n += 1
                 if got == want:
                     continue
@@ -285,3 +299,159 @@ def check_param_count(mha_param_count) -> None:
                     raise AssertionError(f"mha_param_count({D}, {h}, bias={bias}) = {got:g}: {message}")
                 raise AssertionError(f"mha_param_count({D}, {h}, bias={bias}) = {got:g}; expected {want}")
     passed("param_count", n)
+
+
+# ----------------------------------------------------------------------------- task 5 (transfer)
+def _head_contributions(x, params, n_heads, context=None, mask=None, *, o_slice="columns",
+                                 bias_per_head=False):
+    """``[B, h, T, D]``: head i's output times the columns i·d_h … (i+1)·d_h − 1 of W^O.
+
+    ``sum(dim=1) + b_o`` is the multi-head output. The switches reproduce the usual mistakes.
+    """
+    B, T, D = x.shape
+    h, d = n_heads, D // n_heads
+    c = x if context is None else context
+    q, k, v = (split_heads(_lin(inp, params[f"w_{n}"], params[f"b_{n}"]), h) for inp, n in ((x, "q"), (c, "k"), (c, "v")))
+    s = q @ k.transpose(-2, -1) / math.sqrt(d)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    heads = torch.softmax(s, dim=-1).nan_to_num(0.0) @ v                       # [B, h, T, d_h]
+    w_o = params["w_o"]                                                        # [D, D]: out × in
+    if o_slice == "columns":
+        slices = w_o.view(D, h, d).permute(1, 2, 0)                            # [h, d_h, D]: W^O[:, block i]ᵀ
+    elif o_slice == "rows":
+        slices = w_o.view(h, d, D)                                             # W^O[block i, :] (no transpose)
+    else:                                                                      # "strided": columns i, i + h, …
+        slices = w_o.view(D, d, h).permute(2, 1, 0)
+    out = torch.einsum("bhtd,hdo->bhto", heads, slices)
+    if bias_per_head and params["b_o"] is not None:
+        out = out + params["b_o"]
+    return out
+
+
+def check_head_contributions(head_contributions) -> None:
+    """Task 5: multi-head attention as a sum over heads, ``out = Σ_i head_i W^O_i + b_o``."""
+    g = torch.Generator().manual_seed(205)
+    cases = [(2, 5, None, 16, 4), (1, 3, 6, 12, 3)]
+    for _ in range(3):                                   # sizes the sheet does not print
+        h = int(torch.randint(2, 6, (1,), generator=g))
+        d = int(torch.randint(1, 5, (1,), generator=g))
+        B, T = (int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(2, 7, (1,), generator=g)))
+        S = None if len(cases) % 2 else int(torch.randint(2, 8, (1,), generator=g))
+        cases.append((B, T, S, h * d, h))
+    for i, (B, T, S, D, h) in enumerate(cases):
+        ref, params = torch_mha_with_params(D, h, seed=250 + i, dtype=torch.float64)
+        x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+        context = None if S is None else torch.randn(B, S, D, generator=g, dtype=torch.float64)
+        what = f"head_contributions(x [{B}, {T}, {D}], n_heads={h}{'' if S is None else f', context of length {S}'})"
+        got = call_student(head_contributions, x.clone(), params, h, context, name="head_contributions")
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, T, D):
+            raise AssertionError(f"{what}: returned [B, T, D], the summed output: return one contribution per head, "
+                                 f"[B, h, T, D] = {(B, h, T, D)}")
+        got = expect_tensor(what, got, (B, h, T, D), x.dtype)
+        c = x if context is None else context
+        with torch.no_grad():
+            want_out, _ = ref(x, c, c, average_attn_weights=False)
+        want = _head_contributions(x, params, h, context)
+        args = (x, params, h, context)
+        mistakes = {
+            "the output bias b_o was added to every head: Σ_i (head_i W^O_i + b_o) counts it h times; a contribution "
+            "is head_i W^O_i alone (the bias is added once, to the sum)":
+                _head_contributions(*args, bias_per_head=True),
+            "sliced the rows of W^O: it is stored [out, in] (nn.Linear), so head i feeds the COLUMNS "
+            "i·d_h … (i+1)·d_h − 1, and its contribution is head_i @ w_o[:, block].T":
+                _head_contributions(*args, o_slice="rows"),
+            "took every h-th column of W^O: merge_heads puts head i's features at the consecutive block "
+            "i·d_h … (i+1)·d_h − 1, and those are the columns of W^O it meets":
+                _head_contributions(*args, o_slice="strided"),
+        }
+        expect_close(what, got, want, mistakes=mistakes, atol=1e-10, rtol=1e-8)
+        summed = got.sum(1) + params["b_o"]
+        expect_close(f"{what}: the sum over heads + b_o vs nn.MultiheadAttention", summed, want_out,
+                     atol=1e-10, rtol=1e-8)
+        # The point: a contribution belongs to its head. Zeroing head j's slice of W^O (pruning it) changes
+        # contribution j only.
+        j = i % h
+        pruned = dict(params, w_o=params["w_o"].clone())
+        pruned["w_o"][:, j * (D // h):(j + 1) * (D // h)] = 0
+        got_pruned = expect_tensor(what, call_student(head_contributions, x.clone(), pruned, h, context,
+                                                      name="head_contributions"), (B, h, T, D), x.dtype)
+        keep = [i for i in range(h) if i != j]
+        if not torch.allclose(got_pruned[:, keep], got[:, keep], atol=1e-10) or got_pruned[:, j].abs().max() > 1e-10:
+            raise AssertionError(f"{what}: pruning head {j} (zeroing its columns of W^O) must silence contribution {j} "
+                                 "and leave the others unchanged; yours do not belong to their heads")
+    passed("head_contributions", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _torch_param_count(d_model: int, n_heads: int, d_ff: int, n_enc: int, n_dec: int) -> int:
+    """The parameters of ``nn.Transformer(d_model, n_heads, n_enc, n_dec, d_ff)``, counted by torch itself
+    (on the meta device: nothing is allocated)."""
+    with warnings.catch_warnings():                 # torch's note on nested tensors (odd head counts) is noise here
+        warnings.simplefilter("ignore")
+        model = nn.Transformer(d_model, n_heads, n_enc, n_dec, d_ff, batch_first=True, device="meta")
+    return sum(p.numel() for p in model.parameters())
+
+
+def _enc_dec_count(D, d_ff, n_enc, n_dec, *, mha_bias=True, ffn_bias=True, ffn_mats=2, cross=True,
+                   ln_enc=2, ln_dec=3, final_norms=2, ln_params=2):
+    mha = 4 * D * D + (4 * D if mha_bias else 0)
+    ffn = ffn_mats * D * d_ff + ((d_ff + D) if ffn_bias else 0)
+    ln = ln_params * D
+    enc = mha + ffn + ln_enc * ln
+    dec = (2 if cross else 1) * mha + ffn + ln_dec * ln
+    return n_enc * enc + n_dec * dec + final_norms * ln
+
+
+def _call_counting(fn, *args, name: str, **kwargs):
+    """A count is to be derived from the shapes, not read off a model: building any nn.Module fails."""
+    return call_without([(nn.Module, "__init__")], fn, *args, name=name, **kwargs,
+                        message="built a torch module: derive the count by hand from the shapes of the weights; "
+                                "do not build the model and count its parameters")
+
+
+ENC_DEC_EXAMPLES = {  # what: d_model, n_heads, d_ff, n_enc, n_dec
+    "the Transformer base of Vaswani et al.": (512, 8, 2048, 6, 6),
+    "the Transformer big": (1024, 16, 4096, 6, 6),
+    "a small model": (64, 4, 256, 2, 2),
+}
+
+
+def check_encoder_decoder_param_count(count_fn) -> None:
+    """Task 6: the parameters of an encoder–decoder stack, equal to nn.Transformer's count."""
+    g = torch.Generator().manual_seed(206)
+    cases = list(ENC_DEC_EXAMPLES.values()) + [(32, 2, 32, 3, 1), (48, 3, 100, 1, 4)]
+    for _ in range(3):                                   # configurations the sheet does not print
+        h = int(torch.randint(1, 9, (1,), generator=g))
+        cases.append((h * int(torch.randint(2, 40, (1,), generator=g)), h, int(torch.randint(8, 999, (1,), generator=g)),
+                      int(torch.randint(1, 13, (1,), generator=g)), int(torch.randint(1, 13, (1,), generator=g))))
+    for D, h, d_ff, n_enc, n_dec in cases:
+        name = f"encoder_decoder_param_count(d_model={D}, n_heads={h}, d_ff={d_ff}, n_enc={n_enc}, n_dec={n_dec})"
+        got = expect_number(name, _call_counting(count_fn, D, h, d_ff, n_enc, n_dec,
+                                                 name="encoder_decoder_param_count"))
+        want = _torch_param_count(D, h, d_ff, n_enc, n_dec)
+        if got == want:
+            continue
+        args = (D, d_ff, n_enc, n_dec)
+        mistakes = {
+            "the decoder's cross-attention is missing: a decoder layer has TWO attention blocks (self and cross)":
+                _enc_dec_count(*args, cross=False),
+            "the attention biases are missing: each of the four projections has D biases": _enc_dec_count(*args, mha_bias=False),
+            "the feed-forward biases are missing: d_ff on the first linear layer, D on the second":
+                _enc_dec_count(*args, ffn_bias=False),
+            "one feed-forward matrix only: the FFN is D → d_ff → D, two matrices": _enc_dec_count(*args, ffn_mats=1),
+            "the LayerNorms are missing: each has a gain and a bias of D numbers": _enc_dec_count(
+                *args, ln_enc=0, ln_dec=0, final_norms=0),
+            "a decoder layer has three LayerNorms (one per sub-layer: self-attention, cross-attention, FFN), not two":
+                _enc_dec_count(*args, ln_dec=2),
+            "the final LayerNorms of the encoder and of the decoder stacks are missing (nn.Transformer has both)":
+                _enc_dec_count(*args, final_norms=0),
+            "a LayerNorm has a gain AND a bias (2·D), not D": _enc_dec_count(*args, ln_params=1),
+            "encoder and decoder layers swapped: the encoder has n_enc layers of one attention block, "
+            "the decoder n_dec layers of two": _enc_dec_count(D, d_ff, n_dec, n_enc),
+        }
+        for message, alt in mistakes.items():
+            if alt != want and got == alt:
+                raise AssertionError(f"{name}: {message}")
+        raise AssertionError(f"{name}: expected {want:,}; got {got:,.0f}")
+    passed("encoder_decoder_param_count", len(cases))

@@ -10,7 +10,14 @@ Tasks, in the order of the exercise notebook:
 3. ``to_additive(mask, dtype)`` → 0 where allowed, ``torch.finfo(dtype).min`` where blocked;
 4. ``mlm_mask(input_ids, *, mask_token_id, vocab_size, mlm_probability, special_token_ids,
    generator)`` → ``(masked_input_ids, labels)``, checked statistically on many tokens;
-5. ``causal_lm_loss(logits, input_ids, attention_mask)`` → GPT's next-token loss.
+5. ``causal_lm_loss(logits, input_ids, attention_mask)`` → GPT's next-token loss;
+6. (transfer) ``prefix_lm_mask(prefix_lengths, lengths, T)`` → ``[B, 1, T, T]``: T5's and UniLM's prefix-LM
+   mask, bidirectional over each row's own prefix, causal after it, with key padding;
+7. (transfer) ``left_padded_inputs(lengths, T)`` → ``(mask [B, 1, T, T], position_ids [B, T])`` for batched
+   generation: run through a small decoder with a textbook softmax (NaN on an empty row), the left-padded
+   batch must give each row's logits alone;
+8. (transfer) ``packed_targets(input_ids, doc_lengths)`` → ``[L]``: next-token targets of a packed row,
+   aligned with the logits, with ``-100`` where the next token belongs to another document.
 
 Each check compares with ``course_lib.masks`` on seeded cases and names the likely mistake.
 """
@@ -23,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import masks as ref
-from course_lib.grading import call_student, expect_close, expect_tensor, passed
+from course_lib.grading import expect_close, expect_tensor, passed
+from course_lib.grading.ch01 import call_without
 
 __all__ = [
     "check_basic_masks",
@@ -35,7 +43,22 @@ __all__ = [
     "MLM_SPECIAL",
     "mlm_batch",
     "mlm_statistics",
+    "check_prefix_lm_mask",
+    "check_left_padded_inputs",
+    "TinyDecoder",
+    "check_packed_targets",
 ]
+
+
+def _call_own(fn, *args, name: str, **kwargs):
+    """call_student, failing an answer that is (or calls) course_lib.masks: the sheet asks you to write it."""
+    if getattr(fn, "__module__", "").startswith("course_lib."):
+        raise AssertionError(f"{name} is {fn.__module__}.{getattr(fn, '__name__', '')} itself: the task is to write "
+                             "it yourself (do not import course_lib.masks)")
+    library = [(ref, n) for n in dir(ref) if not n.startswith("_") and callable(getattr(ref, n))
+               and getattr(getattr(ref, n), "__module__", "") == ref.__name__]
+    return call_without(library, fn, *args, name=name, **kwargs,
+                        message="calls course_lib.masks: the task is to write it yourself")
 
 
 def _expect_equal(name: str, got: torch.Tensor, want: torch.Tensor, mistakes: dict) -> None:
@@ -54,7 +77,7 @@ def check_basic_masks(causal_mask, padding_mask) -> None:
     """Task 1: the causal mask ``[T, T]`` and the key padding mask ``[B, 1, 1, S]``."""
     n = 0
     for T in (2, 5, 8, 1):
-        got = call_student(causal_mask, T, name="causal_mask")
+        got = _call_own(causal_mask, T, name="causal_mask")
         expect_tensor(f"causal_mask({T})", got, (T, T), torch.bool)
         want = ref.causal_mask(T)
         _expect_equal(f"causal_mask({T})", got, want, {
@@ -71,7 +94,7 @@ def check_basic_masks(causal_mask, padding_mask) -> None:
     cases = [([3, 1, 4], 4), ([5], 5), ([2, 0, 6], 7), ([1, 1], 3)]
     for lengths, S in cases:
         lt = torch.tensor(lengths)
-        got = call_student(padding_mask, lt, S, name="padding_mask")
+        got = _call_own(padding_mask, lt, S, name="padding_mask")
         want = ref.padding_mask(lt, S)
         B = len(lengths)
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (B, 1, S, 1) and S > 1:
@@ -116,7 +139,7 @@ def check_combine(combine_masks, self_attention_mask) -> None:
     n = 0
     for what, ms in cases:
         before = [m.clone() for m in ms]
-        got = call_student(combine_masks, *ms, name="combine_masks")
+        got = _call_own(combine_masks, *ms, name="combine_masks")
         want = ref.combine_masks(*ms)
         if isinstance(got, torch.Tensor) and got.shape != want.shape:
             if len(ms) > 2 and got.shape == ref.combine_masks(*ms[:2]).shape and torch.equal(got, ref.combine_masks(*ms[:2])):
@@ -144,7 +167,7 @@ def check_combine(combine_masks, self_attention_mask) -> None:
         T = max(lengths) + (1 if len(lengths) == 2 else 0)
         lt = torch.tensor(lengths)
         what = f"self_attention_mask({lengths}, {T}, causal={causal})"
-        got = call_student(self_attention_mask, lt, T, causal=causal, name="self_attention_mask")
+        got = _call_own(self_attention_mask, lt, T, causal=causal, name="self_attention_mask")
         key_pad = ref.padding_mask(lt, T)
         causal_T = ref.causal_mask(T)
         want = ref.combine_masks(key_pad, causal_T if causal else torch.ones(T, T, dtype=torch.bool))
@@ -193,7 +216,7 @@ def check_additive(to_additive) -> None:
     for dtype, m in cases:
         what = f"to_additive(mask {tuple(m.shape)}, {dtype})"
         try:
-            got = call_student(to_additive, m.clone(), dtype, name="to_additive")
+            got = _call_own(to_additive, m.clone(), dtype, name="to_additive")
         except AssertionError as err:
             if "overflow" in str(err):
                 raise AssertionError(
@@ -275,7 +298,7 @@ def check_mlm(mlm_mask) -> None:
     for seed, p in ((0, 0.15), (1, 0.15), (2, 0.3)):
         ids = mlm_batch(seed=seed)
         before = ids.clone()
-        res = call_student(mlm_mask, ids, mask_token_id=mask_id, vocab_size=MLM_VOCAB, mlm_probability=p,
+        res = _call_own(mlm_mask, ids, mask_token_id=mask_id, vocab_size=MLM_VOCAB, mlm_probability=p,
                            special_token_ids=special, generator=torch.Generator().manual_seed(100 + seed),
                            name="mlm_mask")
         what = f"mlm_mask (seed {seed}, mlm_probability={p})"
@@ -342,9 +365,9 @@ def check_mlm(mlm_mask) -> None:
                 )
         n += 1
     ids = mlm_batch(8, 64, seed=9)
-    a = call_student(mlm_mask, ids, mask_token_id=mask_id, vocab_size=MLM_VOCAB, special_token_ids=special,
+    a = _call_own(mlm_mask, ids, mask_token_id=mask_id, vocab_size=MLM_VOCAB, special_token_ids=special,
                      generator=torch.Generator().manual_seed(7), name="mlm_mask")
-    b = call_student(mlm_mask, ids, mask_token_id=mask_id, vocab_size=MLM_VOCAB, special_token_ids=special,
+    b = _call_own(mlm_mask, ids, mask_token_id=mask_id, vocab_size=MLM_VOCAB, special_token_ids=special,
                      generator=torch.Generator().manual_seed(7), name="mlm_mask")
     if not all(torch.equal(x, y) for x, y in zip(a, b)):
         raise AssertionError("mlm_mask is not reproducible: pass generator=generator to every torch.rand / torch.randint")
@@ -352,6 +375,13 @@ def check_mlm(mlm_mask) -> None:
 
 
 # ----------------------------------------------------------------------------- task 5
+def _mean_of_sequence_means(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    """The mean over sequences of each sequence's mean loss (None when no sequence has a target)."""
+    per_seq = [ref.causal_lm_loss(logits[b:b + 1], labels[b:b + 1]) for b in range(len(labels))
+               if (labels[b, 1:] != -100).any()]
+    return torch.stack(per_seq).mean() if per_seq else None
+
+
 def check_causal_lm_loss(causal_lm_loss) -> None:
     """Task 5: mean next-token cross-entropy over the real tokens (logits[:, t] predicts input_ids[:, t+1])."""
     g = torch.Generator().manual_seed(505)
@@ -364,7 +394,7 @@ def check_causal_lm_loss(causal_lm_loss) -> None:
     for ids, logits, attn in cases:
         B, L, V = logits.shape
         what = f"causal_lm_loss (B={B}, L={L}, {'padded' if attn is not None else 'no padding'})"
-        got = call_student(causal_lm_loss, logits, ids, attn, name="causal_lm_loss")
+        got = _call_own(causal_lm_loss, logits, ids, attn, name="causal_lm_loss")
         if isinstance(got, torch.Tensor) and got.numel() != 1:
             raise AssertionError(f"{what}: expected a scalar loss (the mean over targets); got shape {tuple(got.shape)}")
         expect_tensor(what, got, (), logits.dtype)
@@ -378,5 +408,221 @@ def check_causal_lm_loss(causal_lm_loss) -> None:
                 ce(logits[:, 1:], labels[:, :-1]),
             "padding counted as targets: set the labels of padded positions to −100": unmasked if attn is not None else None,
             "summed instead of averaged over the targets": ref.causal_lm_loss(logits, labels, reduction="sum"),
+            "averaged per sequence, then over the batch: the loss is the mean over ALL real targets of the batch "
+            "(a short sequence must not weigh as much as a long one)": _mean_of_sequence_means(logits, labels),
         })
     passed("causal_lm_loss", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 6 (transfer)
+def _prefix_lm_mask(prefix_lengths: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """``[B, 1, T, T]``: key j visible to query i iff j is real and (j ≤ i or j lies in the prefix)."""
+    j = torch.arange(T)
+    prefix = j[None, :] < prefix_lengths[:, None]                               # [B, T] keys in the prefix
+    visible = ref.causal_mask(T)[None] | prefix[:, None, :]                     # [B, T, T]
+    return ref.combine_masks(visible[:, None], ref.padding_mask(lengths, T))
+
+
+def _prefix_mistakes(prefix_lengths, lengths, T) -> dict[str, torch.Tensor]:
+    i = torch.arange(T)
+    pad = ref.padding_mask(lengths, T)
+    causal = ref.causal_mask(T)
+    want = _prefix_lm_mask(prefix_lengths, lengths, T)
+    rows_in_prefix = (i[None, :] < prefix_lengths[:, None])[:, None, :, None]   # [B, 1, T, 1]
+    return {
+        "the prefix is ignored — this is the plain causal mask: the prefix keys must be visible to every query "
+        "(causal OR prefix, an OR where combine_masks takes the AND)": ref.combine_masks(pad, causal),
+        "the prefix is applied to the queries, not the keys: a query inside the prefix now sees the whole target, "
+        "the future it must predict; the prefix is a set of KEYS that every query may see":
+            ref.combine_masks(pad, causal | rows_in_prefix),
+        "one prefix too many (off by one): the prefix has prefix_lengths[b] tokens, keys 0 … prefix_lengths[b] − 1":
+            _prefix_lm_mask(prefix_lengths + 1, lengths, T),
+        "one prefix too few (off by one): the prefix has prefix_lengths[b] tokens, keys 0 … prefix_lengths[b] − 1":
+            _prefix_lm_mask((prefix_lengths - 1).clamp_min(0), lengths, T),
+        "the first sequence's prefix length is used for the whole batch: each row has its own":
+            _prefix_lm_mask(prefix_lengths[:1].expand_as(prefix_lengths), lengths, T),
+        "the padding mask is missing: padded keys must stay hidden from every query":
+            _prefix_lm_mask(prefix_lengths, torch.full_like(lengths, T), T),
+        "mask transposed: rows are queries, columns are keys": want.transpose(-2, -1),
+        "causal AND prefix: a key must be visible if it is in the past OR in the prefix (an OR of the two masks, "
+        "where combine_masks takes the AND)":
+            ref.combine_masks(pad, causal, (i[None, :] < prefix_lengths[:, None])[:, None, None, :]),
+        "the whole prefix-LM mask is bidirectional everywhere: only the prefix is; after it, attention is causal":
+            ref.combine_masks(pad, torch.ones(T, T, dtype=torch.bool)),
+    }
+
+
+def check_prefix_lm_mask(prefix_lm_mask) -> None:
+    """Task 6: prefix-LM mask (T5, UniLM): bidirectional over each row's prefix, causal after it, key padding."""
+    g = torch.Generator().manual_seed(606)
+    cases = [(torch.tensor([2, 3]), torch.tensor([5, 4]), 5), (torch.tensor([0, 1, 4]), torch.tensor([6, 6, 4]), 6)]
+    for _ in range(5):                                   # batches the sheet does not print
+        B, T = int(torch.randint(2, 5, (1,), generator=g)), int(torch.randint(4, 11, (1,), generator=g))
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        lengths[0] = T
+        prefix = (torch.rand(B, generator=g) * (lengths + 1)).long().clamp(max=lengths)
+        prefix[1] = max(1, int(lengths[1]) - 1)          # rows differ in their prefix
+        prefix[0] = max(1, int(prefix[0]))
+        cases.append((prefix, lengths, T))
+    for prefix, lengths, T in cases:
+        name = f"prefix_lm_mask(prefix_lengths={prefix.tolist()}, lengths={lengths.tolist()}, T={T})"
+        got = _call_own(prefix_lm_mask, prefix.clone(), lengths.clone(), T, name="prefix_lm_mask")
+        got = expect_tensor(name, got, (len(lengths), 1, T, T), torch.bool)
+        _expect_equal(name, got, _prefix_lm_mask(prefix, lengths, T), _prefix_mistakes(prefix, lengths, T))
+    passed("prefix_lm_mask", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 7 (transfer)
+class TinyDecoder(torch.nn.Module):
+    """A two-layer decoder that takes an explicit mask ``[B, 1, T, T]`` and position ids ``[B, T]``.
+
+    Its attention is the textbook one, ``softmax(scores + (−inf where blocked))``: a query row with no
+    visible key gives NaN, which the next layer spreads to every query (0 · NaN = NaN).
+    """
+
+    def __init__(self, vocab: int = 13, d: int = 16, n_heads: int = 2, max_len: int = 32, seed: int = 0):
+        super().__init__()
+        self.h = n_heads
+        with torch.random.fork_rng(devices=[]):         # seeded weights; the caller's generator is left alone
+            torch.manual_seed(seed)
+            self.tok, self.pos = torch.nn.Embedding(vocab, d), torch.nn.Embedding(max_len, d)
+            self.qkv = torch.nn.ModuleList(torch.nn.Linear(d, 3 * d) for _ in range(2))
+            self.out = torch.nn.ModuleList(torch.nn.Linear(d, d) for _ in range(2))
+            self.norm = torch.nn.ModuleList(torch.nn.LayerNorm(d) for _ in range(2))
+            self.head = torch.nn.Linear(d, vocab)
+        self.double()
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        B, T = ids.shape
+        x = self.tok(ids) + self.pos(position_ids)
+        for qkv, out, norm in zip(self.qkv, self.out, self.norm):
+            q, k, v = qkv(norm(x)).view(B, T, 3, self.h, -1).permute(2, 0, 3, 1, 4)
+            s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            w = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+            x = x + out((w @ v).transpose(1, 2).reshape(B, T, -1))
+        return self.head(x)
+
+
+def _left_padded_inputs(lengths: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding: keys real and causal, padded queries see themselves (no empty row); positions from 0."""
+    real = ref.padding_mask(lengths, T, side="left")                             # [B, 1, 1, T]
+    mask = ref.combine_masks(real, ref.causal_mask(T)) | torch.eye(T, dtype=torch.bool)
+    position_ids = (torch.arange(T)[None, :] - (T - lengths)[:, None]).clamp_min(0)
+    return mask, position_ids
+
+
+def check_left_padded_inputs(left_padded_inputs) -> None:
+    """Task 7: the mask and position ids of a left-padded batch, such that a decoder's logits at the real
+    tokens equal those of each sequence run alone — and nothing is NaN."""
+    model = TinyDecoder().eval()
+    g = torch.Generator().manual_seed(707)
+    cases = [torch.tensor([4, 2]), torch.tensor([5, 5, 1])]
+    for _ in range(4):                                   # batches the sheet does not print
+        B = int(torch.randint(2, 6, (1,), generator=g))
+        cases.append(torch.randint(1, 12, (B,), generator=g))
+    for lengths in cases:
+        B, T = len(lengths), int(lengths.max())
+        name = f"left_padded_inputs(lengths={lengths.tolist()}, T={T})"
+        res = _call_own(left_padded_inputs, lengths.clone(), T, name="left_padded_inputs")
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise AssertionError(f"{name}: expected a tuple (mask, position_ids); got {type(res).__name__}")
+        mask = expect_tensor(f"{name}: mask", res[0], (B, 1, T, T), torch.bool)
+        pos = expect_tensor(f"{name}: position_ids", res[1], (B, T))
+        if pos.is_floating_point() or pos.dtype == torch.bool:
+            raise AssertionError(f"{name}: position_ids must be integers (they index an embedding); got {pos.dtype}")
+        want_mask, want_pos = _left_padded_inputs(lengths, T)
+        real = ref.padding_mask(lengths, T, side="left")[:, 0, 0]                # [B, T] True at real tokens
+        # 1. positions of the real tokens: 0, 1, …, length − 1 in every row.
+        if not torch.equal(pos[real], want_pos[real]):
+            if torch.equal(pos, torch.arange(T).expand(B, T)):
+                raise AssertionError(f"{name}: positions not shifted: after left padding the first real token of row b "
+                                     "sits at column T − lengths[b], but it must get position 0, as when it runs alone")
+            if torch.equal(pos[real], (want_pos + 1)[real]) or torch.equal(pos[real], (want_pos - 1)[real]):
+                raise AssertionError(f"{name}: positions off by one: the first real token gets position 0")
+            raise AssertionError(f"{name}: wrong position ids at the real tokens: row b's real tokens must get "
+                                 f"0 … lengths[b] − 1; got {pos[1].tolist()} for row 1 (lengths {lengths[1].item()})")
+        if int(pos.min()) < 0 or int(pos.max()) >= model.pos.num_embeddings:
+            raise AssertionError(f"{name}: position ids must index the position table (0 … "
+                                 f"{model.pos.num_embeddings - 1}), padded tokens included; got {pos.min()} … {pos.max()}")
+        # 2. the mask at the real queries: causal and real keys only.
+        rows = real[:, None, :, None].expand(B, 1, T, T)
+        if not torch.equal(mask[rows], want_mask[rows]):
+            right = ref.combine_masks(ref.padding_mask(lengths, T), ref.causal_mask(T))
+            mistakes = {
+                "padding on the wrong side: this batch is padded on the LEFT, its real tokens are the last "
+                "lengths[b] columns": right,
+                "the causal mask is missing: a generating model must not see its future tokens":
+                    ref.padding_mask(lengths, T, side="left").expand(B, 1, T, T),
+                "the padding mask is missing: real queries attend to the padded keys before them":
+                    ref.causal_mask(T).expand(B, 1, T, T),
+                "mask transposed: rows are queries, columns are keys": want_mask.transpose(-2, -1),
+            }
+            eye = torch.eye(T, dtype=torch.bool)
+            for message, alt in mistakes.items():
+                alt = alt.expand(B, 1, T, T)
+                if torch.equal(mask[rows], alt[rows]) or torch.equal(mask[rows], (alt | eye)[rows]):
+                    raise AssertionError(f"{name}: {message}")
+            raise AssertionError(f"{name}: the mask is wrong at real queries: a real token must see exactly the real "
+                                 "tokens up to itself")
+        # 3. the point: run the decoder on a padded batch, garbage in the padding, and compare with each row alone.
+        ids = torch.randint(1, 13, (B, T), generator=g)
+        with torch.no_grad():
+            logits = model(ids, mask, pos.long())
+            if torch.isnan(logits[real]).any():
+                empty = ~mask.any(-1)[:, 0]
+                raise AssertionError(
+                    f"{name}: NaN logits at real tokens: {int(empty.sum())} query rows of the mask see no key at all "
+                    "(the padded queries of a left-padded causal batch), their softmax is 0/0 = NaN, and the next layer "
+                    "spreads it to every query (0 · NaN = NaN). Give every row at least one visible key — e.g. let a "
+                    "padded query see itself")
+            for b in range(B):
+                n = int(lengths[b])
+                alone = model(ids[b:b + 1, T - n:], ref.causal_mask(n)[None, None], torch.arange(n)[None])[0]
+                expect_close(f"{name}: logits of row {b} vs the row run alone", logits[b, T - n:], alone,
+                             atol=1e-9, rtol=1e-7)
+    passed("left_padded_inputs", len(cases))
+
+
+# ----------------------------------------------------------------------------- task 8 (transfer)
+def _packed_targets(input_ids: torch.Tensor, doc_lengths) -> torch.Tensor:
+    """``[L]`` targets aligned with the logits of a packed row: ``input_ids[t + 1]`` when token t + 1 is in
+    t's document, ``-100`` at the last token of every document (the row's last token included)."""
+    doc = torch.repeat_interleave(torch.arange(len(doc_lengths)), torch.as_tensor(doc_lengths))
+    targets = torch.full_like(input_ids, -100)
+    same = doc[1:] == doc[:-1]
+    targets[:-1] = torch.where(same, input_ids[1:], torch.full_like(input_ids[1:], -100))
+    return targets
+
+
+def check_packed_targets(packed_targets) -> None:
+    """Task 8: next-token targets of a packed row, with no target across a document boundary."""
+    g = torch.Generator().manual_seed(808)
+    cases = [[3, 5, 2], [1, 4], [6]]
+    for _ in range(4):                                   # rows the sheet does not print
+        n = int(torch.randint(2, 6, (1,), generator=g))
+        cases.append(torch.randint(1, 7, (n,), generator=g).tolist())
+    for doc_lengths in cases:
+        L = sum(doc_lengths)
+        ids = torch.randint(0, 50, (L,), generator=g)
+        name = f"packed_targets(input_ids [{L}], doc_lengths={doc_lengths})"
+        got = _call_own(packed_targets, ids.clone(), list(doc_lengths), name="packed_targets")
+        got = expect_tensor(name, got, (L,))
+        want = _packed_targets(ids, doc_lengths)
+        starts = torch.tensor([0] + list(torch.cumsum(torch.tensor(doc_lengths), 0)[:-1]))
+        plain = torch.cat([ids[1:], torch.tensor([-100])])
+        first_dropped = plain.clone()
+        first_dropped[starts] = -100
+        unshifted = ids.clone()
+        unshifted[starts[1:]] = -100
+        unshifted[0] = -100
+        own = ids.masked_fill(want == -100, -100)
+        _expect_equal(name, got, want, {
+            "the last token of a document is trained to predict the first token of the next: where t + 1 starts "
+            "a new document, the target of t must be −100 (the plain causal shift leaks across documents)": plain,
+            "the first token of every document was dropped: it is a fine input (it predicts the second token); "
+            "what must go is the target of each document's LAST token": first_dropped,
+            "these are unshifted labels (−100 at each document's first token; the loss would shift them): this task "
+            "asks for targets aligned with the logits, targets[t] = the token that logits[t] predicts": unshifted,
+            "not shifted: logits[t] predicts the NEXT token, input_ids[t + 1], not its own input": own,
+        })
+    passed("packed_targets", len(cases))
