@@ -79,9 +79,9 @@ def _inplace(x, dim=-1):
         (lambda x, dim=-1: softmax_ok(x, dim).tolist(), "expected a torch.Tensor"),
         (_inplace, "modified its input in place"),
         (lambda x, dim=-1: softmax_ok(x, dim) * 0.999, "wrong values"),
-        (lambda x, dim=-1: torch.softmax(x, dim=dim), "softmax calls torch.softmax"),
-        (lambda x, dim=-1: torch.nn.functional.softmax(x, dim=dim), "softmax calls torch.softmax"),
-        (lambda x, dim=-1: x.softmax(dim), "softmax calls torch.softmax"),
+        (lambda x, dim=-1: torch.softmax(x, dim=dim), "softmax: calls torch.softmax"),
+        (lambda x, dim=-1: torch.nn.functional.softmax(x, dim=dim), "softmax: calls torch.softmax"),
+        (lambda x, dim=-1: x.softmax(dim), "softmax: calls torch.softmax"),
     ],
 )
 def test_softmax_names_the_mistake(wrong, message):
@@ -111,7 +111,7 @@ def test_attention_passes(capsys):
         (lambda q, k, v, mask=None: attention_ok(q, k, v, mask)[::-1], "expected shape"),
         (lambda q, k, v, mask=None: (attention_ok(q, k, v, mask)[0].double(), attention_ok(q, k, v, mask)[1]), "expected dtype torch.float32"),
         (lambda q, k, v, mask=None: (torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                                     attention_ok(q, k, v, mask)[1]), "attention calls F.scaled_dot_product_attention"),
+                                     attention_ok(q, k, v, mask)[1]), "attention: calls F.scaled_dot_product_attention"),
     ],
 )
 def test_attention_names_the_mistake(wrong, message):

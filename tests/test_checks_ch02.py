@@ -160,7 +160,7 @@ def test_param_count_names_the_mistake(wrong, message):
 # ----------------------------------------------------------------------------- task 4: derived, not built
 def test_param_count_fails_an_answer_that_builds_the_module():
     counted = lambda d, h, bias=True: sum(p.numel() for p in nn.MultiheadAttention(d, h, bias=bias).parameters())  # noqa: E731
-    with pytest.raises(AssertionError, match="mha_param_count built a torch module"):
+    with pytest.raises(AssertionError, match="mha_param_count: built a torch module"):
         ch02.check_param_count(counted)
     nn.Linear(2, 2)                                   # modules can be built again after the check
 
@@ -171,7 +171,7 @@ def test_mha_forward_fails_an_answer_that_calls_torch_attention():
         out, w = mha_ok(x, params, n_heads, context, mask)
         F.scaled_dot_product_attention(x[:, None], x[:, None], x[:, None])
         return out, w
-    with pytest.raises(AssertionError, match="mha_forward calls torch's attention"):
+    with pytest.raises(AssertionError, match="mha_forward: calls torch.s attention"):
         ch02.check_mha_forward(via_sdpa)
 
 

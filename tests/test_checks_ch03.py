@@ -399,11 +399,11 @@ def test_an_answer_that_is_or_calls_the_library_fails():
     from course_lib import masks
     with pytest.raises(AssertionError, match="causal_mask is course_lib.masks.causal_mask itself"):
         ch03.check_basic_masks(masks.causal_mask, padding_ok)
-    with pytest.raises(AssertionError, match="padding_mask calls course_lib.masks"):
+    with pytest.raises(AssertionError, match="padding_mask: calls course_lib.masks"):
         ch03.check_basic_masks(causal_ok, lambda lengths, S: masks.padding_mask(lengths, S))
-    with pytest.raises(AssertionError, match="causal_lm_loss calls course_lib.masks"):
+    with pytest.raises(AssertionError, match="causal_lm_loss: calls course_lib.masks"):
         ch03.check_causal_lm_loss(lambda lg, ids, a=None: masks.causal_lm_loss(lg, masks.causal_lm_labels(ids, a)))
-    with pytest.raises(AssertionError, match="prefix_lm_mask calls course_lib.masks"):
+    with pytest.raises(AssertionError, match="prefix_lm_mask: calls course_lib.masks"):
         ch03.check_prefix_lm_mask(lambda p, l, T: ch03._prefix_lm_mask(p, l, T))
     assert masks.causal_mask(2).all(-1)[-1]          # the library is restored after the check
 

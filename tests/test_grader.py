@@ -122,13 +122,13 @@ def test_grader_survives_hangs_wrong_shapes_and_a_dead_kernel(tmp_path):
     nbformat.write(student, path)
     report = grader.grade(path, reference=SOLUTION, cell_timeout=10)
     got = {t.task: (t.points, t.message) for t in report.tasks}
-    assert report.score == 2 and report.max_score == 10, grader.format_report(report)
-    assert got["qk_variance"][0] == 2
+    assert report.score == 1 and report.max_score == 16, grader.format_report(report)
+    assert got["qk_variance"][0] == 1
     assert "timed out" in got["softmax"][1]
     assert "expected shape (2, 3, 5, 4); got (2, 3, 6, 4)" in got["attention"][1]
     assert got["saturation"][0] == 0 and got["saturation"][1]
     table = grader.format_report(report)
-    assert "TOTAL" in table and "2 / 10" in table
+    assert "TOTAL" in table and "1 / 16" in table
 
 
 def test_unreadable_notebook_scores_zero_and_exit_status_is_nonzero(tmp_path):
@@ -142,7 +142,7 @@ def test_unreadable_notebook_scores_zero_and_exit_status_is_nonzero(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     data = json.loads(out.read_text())
-    assert data["score"] == 0 and data["max_score"] == 10 and not data["full_marks"]
+    assert data["score"] == 0 and data["max_score"] == 16 and not data["full_marks"]
     assert all("could not read the notebook" in t["message"] for t in data["tasks"])
 
 
@@ -192,7 +192,8 @@ def test_exercise_carries_its_id_and_nbgrader_metadata():
     assert exercise_id(ex) == "01_attention"
     checks = [c.metadata["nbgrader"] for c in ex.cells if is_check(c)]
     answers = [c.metadata["nbgrader"] for c in ex.cells if is_answer(c)]
-    assert [c["grade_id"] for c in checks] == ["softmax", "attention", "qk_variance", "saturation"]
+    assert [c["grade_id"] for c in checks] == ["softmax", "attention", "qk_variance", "saturation", "logit_scale",
+                                               "kernel_queries_keys"]
     assert all(c["grade"] and c["locked"] and not c["solution"] and c["points"] > 0 for c in checks)
     assert all(a["solution"] and not a["grade"] and not a["locked"] for a in answers)
     assert all(c["schema_version"] == 3 for c in checks + answers)
@@ -210,7 +211,8 @@ def test_old_schema_is_still_read_and_migrates_idempotently():
             cell.metadata["grade"] = {"task": nbg["grade_id"], "points": nbg["points"]}
         elif nbg:
             cell.metadata["grade"] = {"id": nbg["grade_id"]}
-    assert tasks(old) == tasks(new) == {"softmax": 2, "attention": 3, "qk_variance": 2, "saturation": 3}
+    assert tasks(old) == tasks(new) == {"softmax": 2, "attention": 2, "qk_variance": 1, "saturation": 1,
+                                        "logit_scale": 5, "kernel_queries_keys": 5}
     assert merge(make_exercise(old), new) == merge(make_exercise(new), new)
     assert to_nbgrader(old, "01_attention") is True
     assert old == new
@@ -244,7 +246,7 @@ def test_code_outside_an_answer_cell_is_named_by_cell_and_task(tmp_path):
     nbformat.write(student, path)
     report = grader.grade(path)
     got = {t.task: t for t in report.tasks}
-    assert report.score == 8, grader.format_report(report)
+    assert report.score == 4, grader.format_report(report)
     want = f"your code in cell {at + 2} was not graded: move it into the answer cell of Task 1 (softmax)"
     assert got["softmax"].message == want
     assert report.notes == [want], "the grading cell at the end is not student work to report"
@@ -257,7 +259,8 @@ def _class_folder(root: Path) -> Path:
     sol = nbformat.read(SOLUTION, as_version=4)
     (root / "alice").mkdir(parents=True)
     nbformat.write(_student_with({k: None for k in ("softmax-answer", "attention-answer", "qk-variance-answer",
-                                                    "mean-max-weight-answer", "d-saturated-answer")}),
+                                                    "mean-max-weight-answer", "d-saturated-answer",
+                                                    "logit-scale-answer", "kernel-qk-answer")}),
                    root / "alice" / "Copy of 01_attention.ipynb")
     (root / "bob" / "week1").mkdir(parents=True)
     nbformat.write(make_exercise(sol), root / "bob" / "week1" / "01_attention.ipynb")
@@ -293,7 +296,8 @@ def test_a_class_is_graded_in_parallel_one_row_per_student_and_task(tmp_path):
     assert sorted(by) == [("alice", "01_attention"), ("bob", "01_attention"), ("bob", "03_masks"),
                           ("carol", "01_attention")], proc.stdout
     alice = by["alice", "01_attention"]
-    assert [r["task"] for r in alice] == ["softmax", "attention", "qk_variance", "saturation"]
+    assert [r["task"] for r in alice] == ["softmax", "attention", "qk_variance", "saturation", "logit_scale",
+                                          "kernel_queries_keys"]
     assert all(r["status"] == "passed" and r["points"] == r["max_points"] for r in alice), proc.stdout
     assert all(float(r["points"]) == 0 for r in by["bob", "01_attention"] + by["carol", "01_attention"]), proc.stdout
     assert all("could not be run" in r["message"] for r in by["carol", "01_attention"]), proc.stdout
@@ -301,4 +305,4 @@ def test_a_class_is_graded_in_parallel_one_row_per_student_and_task(tmp_path):
     with open(out / "gradebook.csv", newline="") as f:
         book = list(csv.reader(f))
     assert book[0] == ["student", "01_attention", "03_masks", "total"]
-    assert book[1:] == [["alice", "10", "0", "10"], ["bob", "0", "0", "0"], ["carol", "0", "0", "0"]]
+    assert book[1:] == [["alice", "16", "0", "16"], ["bob", "0", "0", "0"], ["carol", "0", "0", "0"]]

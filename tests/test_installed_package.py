@@ -122,6 +122,6 @@ def test_a_chapter_runs_and_renamed_exercises_grade_from_a_temporary_folder(inst
     reports = {Path(r["notebook"]).name: r for r in json.loads((work / "scores.json").read_text())["notebooks"]}
     assert set(reports) == {"Copy of 01_attention.ipynb", "01_attention_ana.ipynb"}, proc.stdout
     copy, ana = reports["Copy of 01_attention.ipynb"], reports["01_attention_ana.ipynb"]
-    assert copy["full_marks"] and copy["score"] == copy["max_score"] == 10, proc.stdout
-    assert ana["score"] == 0 and ana["max_score"] == 10 and not ana["error"], proc.stdout
+    assert copy["full_marks"] and copy["score"] == copy["max_score"] == 16, proc.stdout
+    assert ana["score"] == 0 and ana["max_score"] == 16 and not ana["error"], proc.stdout
     assert Path(copy["reference"]).resolve().is_relative_to(python.parent.parent.resolve()), copy["reference"]

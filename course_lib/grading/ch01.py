@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from course_lib.attention import scaled_dot_product_attention
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without
 
 __all__ = [
     "check_softmax",
@@ -39,37 +40,9 @@ __all__ = [
     "LOGIT_SCALE_EXAMPLES",
     "check_kernel_queries_keys",
     "nadaraya_watson_weights",
-    "call_without",
 ]
 
 D_GRID = (4, 16, 64, 256, 1024)
-
-
-class _Forbidden(AssertionError):
-    """Raised inside the student's call when it uses what the task rules out."""
-
-
-def call_without(targets: list[tuple[object, str]], fn, *args, name: str, message: str, **kwargs):
-    """``call_student(fn, *args, **kwargs)`` while every ``getattr(owner, attr)`` in ``targets`` is replaced by
-    a function that raises: an answer that uses one of them (a library function the task asks the learner to
-    write, ``nn.Module.__init__`` for a count to be derived) fails with ``f"{name} {message}"``. The originals
-    are restored afterwards. (Used by the checks of Exercises 1–3.)"""
-    saved = [(owner, attr, getattr(owner, attr)) for owner, attr in targets]
-
-    def refuse(*a, **k):
-        raise _Forbidden()
-
-    for owner, attr, _ in saved:
-        setattr(owner, attr, refuse)
-    try:
-        return call_student(fn, *args, name=name, **kwargs)
-    except AssertionError as exc:
-        if isinstance(exc.__cause__, _Forbidden):
-            raise AssertionError(f"{name} {message}") from None
-        raise
-    finally:
-        for owner, attr, original in saved:
-            setattr(owner, attr, original)
 
 
 _SOFTMAXES = [(torch, "softmax"), (torch.nn.functional, "softmax"), (torch.Tensor, "softmax"),
@@ -92,8 +65,8 @@ def check_softmax(softmax) -> None:
     ]
     for what, x, dim in cases:
         x_before = x.clone()
-        got = call_without(_SOFTMAXES, softmax, x, dim=dim, name="softmax",
-                           message="calls torch.softmax (or F.softmax): the task asks you to write it yourself")
+        got = call_without(softmax, _SOFTMAXES, "calls torch.softmax (or F.softmax): the task asks you to write it yourself",
+                           x, dim=dim, name="softmax")
         got = expect_tensor(f"softmax on {what}", got, tuple(x.shape), x.dtype)
         if not torch.equal(x, x_before):
             raise AssertionError(f"softmax on {what}: your function modified its input in place")
@@ -175,8 +148,9 @@ def check_attention(attention) -> None:
         ("a fully masked query row", q, k, v, fully),
     ]
     for what, q_, k_, v_, m in cases:
-        res = call_without([(F, "scaled_dot_product_attention")], attention, q_, k_, v_, mask=m, name="attention",
-                           message="calls F.scaled_dot_product_attention: the task asks you to write it yourself")
+        res = call_without(attention, [(F, "scaled_dot_product_attention")],
+                           "calls F.scaled_dot_product_attention: the task asks you to write it yourself",
+                           q_, k_, v_, mask=m, name="attention")
         if not (isinstance(res, tuple) and len(res) == 2):
             raise AssertionError(f"attention with {what}: expected a tuple (output, weights); got {type(res).__name__}")
         out, w = res

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
-from course_lib.grading.ch01 import call_without
+from course_lib.grading.forbid import call_without
 from course_lib.mha import from_torch_masks, merge_heads, split_heads
 
 __all__ = [
@@ -164,10 +164,10 @@ def _mha_mistakes(x, params, h, context, mask):
 def _check_mha_case(fn, fn_name, what, x, params, h, context, mask, want, want_w):
     B, T, D = x.shape
     S = T if context is None else context.shape[1]
-    res = call_without([(F, "scaled_dot_product_attention"), (F, "multi_head_attention_forward")],
-                       fn, x, params, h, context=context, mask=mask, name=fn_name,
-                       message="calls torch's attention (F.scaled_dot_product_attention or nn.MultiheadAttention): "
-                               "the task is to write the forward pass yourself")
+    res = call_without(fn, [(F, "scaled_dot_product_attention"), (F, "multi_head_attention_forward")],
+                       "calls torch's attention (F.scaled_dot_product_attention or nn.MultiheadAttention): "
+                       "the task is to write the forward pass yourself",
+                       x, params, h, context=context, mask=mask, name=fn_name)
     if not (isinstance(res, tuple) and len(res) == 2):
         raise AssertionError(f"{fn_name} with {what}: expected a tuple (output, weights); got {type(res).__name__}")
     out, w = res
@@ -405,9 +405,9 @@ def _enc_dec_count(D, d_ff, n_enc, n_dec, *, mha_bias=True, ffn_bias=True, ffn_m
 
 def _call_counting(fn, *args, name: str, **kwargs):
     """A count is to be derived from the shapes, not read off a model: building any nn.Module fails."""
-    return call_without([(nn.Module, "__init__")], fn, *args, name=name, **kwargs,
-                        message="built a torch module: derive the count by hand from the shapes of the weights; "
-                                "do not build the model and count its parameters")
+    return call_without(fn, [(nn.Module, "__init__")],
+                        "built a torch module: derive the count by hand from the shapes of the weights; "
+                        "do not build the model and count its parameters", *args, name=name, **kwargs)
 
 
 ENC_DEC_EXAMPLES = {  # what: d_model, n_heads, d_ff, n_enc, n_dec

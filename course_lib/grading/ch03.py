@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from course_lib import masks as ref
 from course_lib.grading import expect_close, expect_tensor, passed
-from course_lib.grading.ch01 import call_without
+from course_lib.grading.forbid import call_without
 
 __all__ = [
     "check_basic_masks",
@@ -57,8 +57,8 @@ def _call_own(fn, *args, name: str, **kwargs):
                              "it yourself (do not import course_lib.masks)")
     library = [(ref, n) for n in dir(ref) if not n.startswith("_") and callable(getattr(ref, n))
                and getattr(getattr(ref, n), "__module__", "") == ref.__name__]
-    return call_without(library, fn, *args, name=name, **kwargs,
-                        message="calls course_lib.masks: the task is to write it yourself")
+    return call_without(fn, library, "calls course_lib.masks: the task is to write it yourself", *args, name=name,
+                        **kwargs)
 
 
 def _expect_equal(name: str, got: torch.Tensor, want: torch.Tensor, mistakes: dict) -> None:

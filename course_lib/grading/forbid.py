@@ -83,5 +83,10 @@ def call_without(fn: Callable, targets: Iterable[tuple[object, str]], message: s
     used = refers_to(fn, [getattr(obj, attr) for obj, attr in targets])
     if used is not None:
         raise AssertionError(f"{name}: your function calls `{used}`: {message}")
-    with refusing(targets, message):
-        return call_student(fn, *args, name=name, **kwargs)
+    try:
+        with refusing(targets, message):
+            return call_student(fn, *args, name=name, **kwargs)
+    except AssertionError as exc:            # call_student wraps the refusal: say it plainly
+        if isinstance(exc.__cause__, _Forbidden):
+            raise AssertionError(f"{name}: {message}") from None
+        raise
