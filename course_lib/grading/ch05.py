@@ -403,7 +403,6 @@ def check_backward(backward_from_lse) -> None:
         scale = 1 / math.sqrt(d)
         S = q @ k.transpose(-2, -1) * scale
         P = torch.exp(S - L[..., None])
-        dV = P.transpose(-2, -1) @ do
         dP = do @ v.transpose(-2, -1)
         D = (do * o).sum(-1, keepdim=True)
         variants = {

@@ -27,7 +27,6 @@ import torch
 import course_lib.sparse
 from course_lib.grading import call_student, expect_number, expect_tensor, passed
 from course_lib.grading.forbid import call_without
-from course_lib.masks import causal_mask
 from course_lib.sparse import (
     block_layout,
     dilated_window_mask,
