@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from course_lib.grading import call_student
 
-__all__ = ["call_without", "call_without_library", "library_message", "refusing", "refers_to"]
+__all__ = ["call_without", "call_without_library", "call_allowing_library", "library_message", "refusing", "refers_to"]
 
 
 class _Forbidden(RuntimeError):
@@ -137,3 +137,9 @@ def call_without_library(fn: Callable, targets: Iterable[tuple[object, str]], *a
     under every name course_lib holds them by, and the message :func:`library_message` if the answer uses one."""
     targets = list(targets)
     return call_without(fn, _with_aliases(targets), library_message(targets), *args, name=name, **kwargs)
+
+
+def call_allowing_library(fn: Callable, targets: Iterable[tuple[object, str]], *args, name: str, **kwargs):
+    """:func:`call_without_library` without the refusal: what a check would do without it. The tests put
+    it in a check's place to show that a library answer fails only because it is refused."""
+    return call_student(fn, *args, name=name, **kwargs)
