@@ -26,11 +26,12 @@ block, S and P counted once, the wrong block-size formula, …) and names the on
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 
-from course_lib import attention, flash
+from course_lib import attention, flash, sparse
 from course_lib.flash import (
     flash_attention_backward,
     flash_attention_forward,
@@ -42,7 +43,6 @@ from course_lib.flash import (
 )
 from course_lib.grading import expect_close, expect_number, expect_tensor, passed
 from course_lib.grading.forbid import call_without_library
-from course_lib import sparse
 from course_lib.sparse import sliding_window_mask
 
 __all__ = [
@@ -68,21 +68,16 @@ def _library(task: str) -> list[tuple[object, str]]:
     """The library functions that answer ``task`` outright: calling them scores nothing."""
     return {
         "merge_stats": lambda: [(flash, "online_softmax_merge")],
-        "causal_tile_kinds": lambda: [(_this_module(), "reference_tile_kinds")],
+        "causal_tile_kinds": lambda: [(sys.modules[__name__], "reference_tile_kinds")],
         "flash_forward": _attention_cores,
         "hbm_accesses": lambda: [(flash, "standard_attention_io"), (flash, "flash_attention_io"),
                                  (flash, "standard_attention"), (flash, "flash_attention_v1"),
                                  (flash, "flash_attention_forward")],
         "backward_from_lse": lambda: [(flash, "flash_attention_backward"), (flash, "standard_attention_backward")],
         "chunk_attention": _attention_cores,
-        "merge_chunks": lambda: [],
+        "merge_chunks": lambda: [],                 # no library answer: online_softmax_merge merges (m, ℓ) only
         "flash_forward_window": lambda: _attention_cores() + [(sparse, "block_sparse_attention")],
     }[task]()
-
-
-def _this_module():
-    import sys
-    return sys.modules[__name__]
 
 
 def _call(fn, *args, name: str, **kwargs):
