@@ -223,3 +223,45 @@ def test_local_global_passes(capsys):
 def test_local_global_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch04.check_local_global_cache_bytes(wrong)
+
+
+# ----------------------------------------------------------------------------- calling the library scores nothing
+from course_lib import kv_cache as KV  # noqa: E402
+from course_lib.kv_cache import repeat_kv as library_repeat_kv  # noqa: E402
+from course_lib.grading.forbid import call_allowing_library  # noqa: E402
+
+
+def update_by_library(k_cache, v_cache, pos, k, v):
+    """KVCache.update on a cache whose buffers are the given ones."""
+    B, h, L, d = k_cache.shape
+    cache = KV.KVCache(1, B, h, L, d)
+    cache.k, cache.v, cache.lengths = k_cache[None], v_cache[None], [pos]
+    cache.update(k, v, 0)
+    return cache.lengths[0]
+
+
+def repeat_kv_by_library_inside(x, n_rep):
+    import course_lib.model as model                     # reached at run time, through another module
+    return model.repeat_kv(x, n_rep)
+
+
+def decode_by_library(attn, x_new, k_cache, v_cache, pos):
+    """The layer's own cached forward: a KVCache over the given buffers."""
+    B, hkv, L, d = k_cache.shape
+    cache = KV.KVCache(1, B, hkv, L, d)
+    cache.k, cache.v, cache.lengths = k_cache[None], v_cache[None], [pos]
+    return attn(x_new, torch.tensor([[pos]]).expand(B, 1), cache=cache)
+
+
+@pytest.mark.parametrize("check, answer", [
+    (ch04.check_cache_update, update_by_library),
+    (ch04.check_repeat_kv, lambda x, n_rep: library_repeat_kv(x, n_rep)),
+    (ch04.check_repeat_kv, repeat_kv_by_library_inside),
+    (ch04.check_kv_cache_bytes, lambda L, h, hkv, d, tokens, batch, nbytes: KV.kv_cache_bytes(L, hkv, d, tokens, batch, nbytes)),
+    (ch04.check_decode_step, decode_by_library),
+])
+def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)
+    monkeypatch.setattr(ch04, "call_without_library", call_allowing_library)
+    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it

@@ -145,13 +145,6 @@ def test_flash_forward_passes(capsys):
     assert capsys.readouterr().out == "✓ flash_forward: all 8 cases passed\n"
 
 
-def test_flash_forward_passes_the_course_lib_function(capsys):
-    from course_lib.flash import flash_attention_forward
-    ch05.check_flash_forward(lambda q, k, v, Br, Bc, causal=False:
-                             flash_attention_forward(q, k, v, Br=Br, Bc=Bc, causal=causal))
-    assert "all 8 cases passed" in capsys.readouterr().out
-
-
 def causal_only(**kw):
     # right for causal=False (so the non-causal cases pass), wrong only in the causal cases
     return lambda q, k, v, Br, Bc, causal=False: forward_ok(q, k, v, Br, Bc, causal, **kw)
@@ -495,3 +488,60 @@ def test_flash_window_without_matrix_products_is_told_to_use_them():
         return (p[..., None] * v[..., None, :, :]).sum(-2)
     with pytest.raises(AssertionError, match="no matrix product was counted"):
         ch05.check_flash_window(elementwise)
+
+
+# ----------------------------------------------------------------------------- calling the library scores nothing
+import torch.nn.functional as F  # noqa: E402
+
+from course_lib import flash  # noqa: E402
+from course_lib.grading.forbid import call_allowing_library  # noqa: E402
+from course_lib.sparse import block_sparse_attention, sliding_window_mask  # noqa: E402
+
+
+def chunk_by_sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v), torch.logsumexp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1)
+
+
+def io_by_library(N, d, M):
+    return flash.standard_attention_io(N, d).total, flash.flash_attention_io(N, d, M).total
+
+
+def window_by_blocks(q, k, v, Br, Bc, window):
+    """SDPA, one query block at a time over the band's keys (no N × N tensor)."""
+    N = q.shape[-2]
+    O = torch.empty_like(q)
+    for r0 in range(0, N, Br):
+        r1, c0 = min(r0 + Br, N), max(0, r0 - window + 1)
+        dist = torch.arange(r0, r1)[:, None] - torch.arange(c0, r1)[None, :]
+        O[..., r0:r1, :] = F.scaled_dot_product_attention(q[..., r0:r1, :], k[..., c0:r1, :], v[..., c0:r1, :],
+                                                          attn_mask=(dist >= 0) & (dist < window))
+    return O
+
+
+@pytest.mark.parametrize("check, answer", [
+    (ch05.check_merge, flash.online_softmax_merge),
+    (ch05.check_tile_kinds, lambda N, Br, Bc: ch05.reference_tile_kinds(N, Br, Bc)),
+    (ch05.check_flash_forward, lambda q, k, v, Br, Bc, causal=False:
+        flash.flash_attention_forward(q, k, v, Br=Br, Bc=Bc, causal=causal)),
+    (ch05.check_hbm_accesses, io_by_library),
+    (ch05.check_backward, lambda q, k, v, o, L, do: flash.flash_attention_backward(q, k, v, o, L, do)),
+    (lambda chunk: ch05.check_split_kv(chunk, merge_chunks_ok), chunk_by_sdpa),
+    (lambda chunk: ch05.check_split_kv(chunk, merge_chunks_ok),
+     lambda q, k, v: flash.flash_attention_forward(q, k, v)),
+])
+def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)
+    monkeypatch.setattr(ch05, "call_without_library", call_allowing_library)
+    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+
+
+def window_by_block_sparse(q, k, v, Br, Bc, window):
+    return block_sparse_attention(q, k, v, sliding_window_mask(q.shape[-2], window), Br)
+
+
+@pytest.mark.parametrize("answer", [window_by_blocks, window_by_block_sparse])
+def test_calling_the_library_scores_nothing_in_the_window_task(answer):
+    """(Lifted, the refusal would still leave the FLOP and memory measurements to fail these.)"""
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        ch05.check_flash_window(answer)

@@ -112,33 +112,37 @@ def test_rope_passes_the_complex_form(capsys):
     assert "all 9 cases passed" in capsys.readouterr().out
 
 
+def rotation_rows(positions, d):
+    """``[T, d, d]``: the block-diagonal rotation of each position, interleaved layout, row form y = x R."""
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+    ang = positions.float()[:, None] * theta                           # [T, d/2]
+    c, s_ = ang.cos(), ang.sin()
+    R = torch.zeros(len(positions), d, d)
+    i = torch.arange(d // 2)
+    R[:, 2 * i, 2 * i], R[:, 2 * i + 1, 2 * i + 1] = c, c
+    R[:, 2 * i + 1, 2 * i], R[:, 2 * i, 2 * i + 1] = -s_, s_            # row-vector form: y = x R
+    return R
+
+
 def test_rope_with_a_rotation_matrix_gets_the_numbers_but_fails_the_point():
     """A d × d block-diagonal rotation per position gives the right values at O(d²) per vector."""
     from course_lib.positional import interleaved_to_half_permutation
 
-    def by_matrix(x, positions, layout):
-        d = x.shape[-1]
-        theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
-        ang = positions.float()[:, None] * theta                           # [T, d/2]
-        c, s_ = ang.cos(), ang.sin()
-        R = torch.zeros(len(positions), d, d)
-        i = torch.arange(d // 2)
-        R[:, 2 * i, 2 * i], R[:, 2 * i + 1, 2 * i + 1] = c, c
-        R[:, 2 * i + 1, 2 * i], R[:, 2 * i, 2 * i + 1] = -s_, s_            # row-vector form: y = x R
+    def rotated(x, layout, apply):
         if layout == "half":
-            p = interleaved_to_half_permutation(d)
-            inv = torch.argsort(p)
-            return (x[..., inv][..., None, :] @ R)[..., 0, :][..., p]
-        return (x[..., None, :] @ R)[..., 0, :]
+            p = interleaved_to_half_permutation(x.shape[-1])
+            return apply(x[..., torch.argsort(p)])[..., p]
+        return apply(x)
+
+    def by_matrix(x, positions, layout):
+        R = rotation_rows(positions, x.shape[-1])
+        return rotated(x, layout, lambda x: (x[..., None, :] @ R)[..., 0, :])
     with pytest.raises(AssertionError, match="the rotation was done with a matrix"):
         ch06.check_rope(by_matrix)
 
-    from course_lib.positional import rope_rotation_matrix
-
     def by_einsum(x, positions, layout):          # the same matrix, applied with einsum
-        d = x.shape[-1]
-        R = torch.stack([rope_rotation_matrix(float(m), d, layout=layout) for m in positions]).to(x.dtype)   # y = R x
-        return torch.einsum("tij,bhtj->bhti", R, x)
+        R = rotation_rows(positions, x.shape[-1]).to(x.dtype)
+        return rotated(x, layout, lambda x: torch.einsum("bhtj,tji->bhti", x, R))
     with pytest.raises(AssertionError, match="a matrix product summing over 256 coordinates"):
         ch06.check_rope(by_einsum)
 
@@ -262,12 +266,6 @@ def test_ntk_base_passes(capsys):
     assert capsys.readouterr().out == "✓ ntk_base: all 8 cases passed\n"
 
 
-def test_ntk_base_passes_the_course_lib_function_on_the_rotated_width(capsys):
-    from course_lib.positional import ntk_scaled_base
-    ch06.check_ntk_base(lambda base, head_dim, rotary_dim, s: ntk_scaled_base(base, s, rotary_dim))
-    assert "all 8 cases passed" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize("wrong, message", [
     (stub, "ntk_base is not implemented yet"),
     (lambda *a: ntk_ok(*a, width="head"), "used head_dim = 80 where the rotating width rotary_dim = 32 belongs"),
@@ -332,3 +330,38 @@ def test_yarn_passes_float32(capsys):
 def test_yarn_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch06.check_yarn_frequencies(wrong)
+
+
+# ----------------------------------------------------------------------------- calling the library scores nothing
+from course_lib import positional as P  # noqa: E402
+from course_lib.grading.forbid import call_allowing_library  # noqa: E402
+
+
+def rope_by_library(x, positions, layout):
+    cos, sin = P.rope_cos_sin(positions, x.shape[-1], layout=layout, dtype=torch.float64)
+    return P.apply_rope(x.double(), cos, sin, layout).to(x.dtype)
+
+
+def rope_by_library_rotation(x, positions, layout):
+    """The angles by hand, the layout's rotation from the library."""
+    d = x.shape[-1]
+    ang = positions.double()[:, None] * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = torch.cat((ang, ang), -1) if layout == "half" else ang.repeat_interleave(2, -1)
+    rotate = P.rotate_half if layout == "half" else P.rotate_every_two
+    return (x.double() * ang.cos() + rotate(x.double()) * ang.sin()).to(x.dtype)
+
+
+@pytest.mark.parametrize("check, answer", [
+    (ch06.check_sinusoidal, lambda n, d: P.sinusoidal_position_encoding(n, d)),
+    (ch06.check_rope, rope_by_library),
+    (ch06.check_rope, rope_by_library_rotation),
+    (ch06.check_alibi_slopes, P.alibi_slopes),
+    (ch06.check_interpolation, P.interpolate_positions),
+    (ch06.check_relative_matrix, P.relative_position_matrix),
+    (ch06.check_ntk_base, lambda base, head_dim, rotary_dim, s: P.ntk_scaled_base(base, s, rotary_dim)),
+])
+def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)
+    monkeypatch.setattr(ch06, "call_without_library", call_allowing_library)
+    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it

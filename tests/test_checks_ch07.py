@@ -35,20 +35,6 @@ def test_swiglu_passes(capsys):
     assert capsys.readouterr().out == "✓ swiglu_forward: all 4 cases passed\n"
 
 
-def test_swiglu_passes_the_course_lib_module(capsys):
-    from course_lib.ffn import GatedFeedForward
-
-    def via_module(x, wg, wu, wd):
-        f = GatedFeedForward(wg.shape[0], wg.shape[1], "swiglu").to(x.dtype)
-        with torch.no_grad():
-            f.gate_proj.weight.copy_(wg.T)
-            f.up_proj.weight.copy_(wu.T)
-            f.down_proj.weight.copy_(wd.T)
-            return f(x)
-    ch07.check_swiglu_forward(via_module)
-    assert "all 4 cases passed" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize("wrong, message", [
     (stub, "swiglu_forward is not implemented yet"),
     (lambda *a: swiglu_ok(*a, swap=True), "gate and up swapped \\(activation applied to the wrong branch\\)"),
@@ -293,3 +279,37 @@ def test_glu_jacobian_by_backward_fails_the_point():
     with pytest.raises(AssertionError, match="the Jacobian was computed by autograd"):
         ch07.check_glu_jacobian(by_backward)
     assert torch.autograd.grad is not None and "refuse" not in torch.autograd.grad.__name__     # restored
+
+
+# ----------------------------------------------------------------------------- calling the library scores nothing
+from course_lib import ffn  # noqa: E402
+from course_lib.grading.forbid import call_allowing_library  # noqa: E402
+
+
+def glu_by_module(x, wg, wu, wd, variant="swiglu"):
+    """course_lib.ffn.GatedFeedForward with the given weights."""
+    f = ffn.GatedFeedForward(wg.shape[0], wg.shape[1], variant).to(x.dtype)
+    with torch.no_grad():
+        f.gate_proj.weight.copy_(wg.T)
+        f.up_proj.weight.copy_(wu.T)
+        f.down_proj.weight.copy_(wd.T)
+        return f(x)
+
+
+def params_by_module(d, h, kind, bias):
+    return sum(p.numel() for p in ffn.build_feed_forward(kind, d, h, bias=bias, device="meta").parameters())
+
+
+@pytest.mark.parametrize("check, answer", [
+    (ch07.check_swiglu_forward, glu_by_module),
+    (ch07.check_swiglu_forward, lambda x, wg, wu, wd: ch07.reference_glu_ffn(x, wg, wu, wd)),
+    (ch07.check_glu_hidden_dim, lambda d, m: ffn.glu_hidden_dim(d, multiple_of=m)),
+    (ch07.check_glu_ffn, glu_by_module),
+    (ch07.check_ffn_param_count, lambda d, h, kind, bias: ffn.ffn_num_parameters(d, h, kind, bias)),
+    (ch07.check_ffn_param_count, params_by_module),
+])
+def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)
+    monkeypatch.setattr(ch07, "call_without_library", call_allowing_library)
+    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it

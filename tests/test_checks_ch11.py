@@ -292,3 +292,53 @@ def test_smallest_loss_scale_search_passes_too(capsys):
 def test_smallest_loss_scale_mistakes(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch11.check_smallest_loss_scale(wrong)
+
+
+# ----------------------------------------------------------------------------- calling the library scores nothing
+from course_lib import precision as P  # noqa: E402
+from course_lib.grading.forbid import call_allowing_library  # noqa: E402
+
+
+def props_by_library(e, m):
+    f = P.FloatFormat("format", e, m)
+    return f.max, f.eps, f.tiny
+
+
+def update_by_torch(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval):
+    """GradScaler's own kernel."""
+    s, t = torch.tensor([float(scale)]), torch.tensor([int(tracker)], dtype=torch.int32)
+    torch._amp_update_scale_(s, t, torch.tensor([float(found_inf)]), growth_factor, backoff_factor, growth_interval)
+    return s.item(), int(t.item())
+
+
+def sgd_by_library(params, grads, scale, lr):
+    if P.has_inf_or_nan(grads):
+        return params, False
+    return [P.master_weight_step(p, g, lr, scale=scale)[0] for p, g in zip(params, grads)], True
+
+
+def thresholds_by_library(e, m):
+    f = P.FloatFormat("format", e, m)
+    return f.smallest_subnormal / 2, f.max + 2.0 ** (f.emax - m) / 2
+
+
+@pytest.mark.parametrize("check, answer", [
+    (ch11.check_format_properties, props_by_library),
+    (ch11.check_update_scale, lambda s, t, f, gf, bf, k: P.update_scale(s, t, f, growth_factor=gf, backoff_factor=bf,
+                                                                        growth_interval=k)),
+    (ch11.check_update_scale, update_by_torch),
+    (ch11.check_scaled_sgd_step, sgd_by_library),
+    (ch11.check_master_update, lambda master, grad, lr: P.master_weight_step(master, grad, lr)[:2]),
+    (ch11.check_flush_thresholds, thresholds_by_library),
+])
+def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)
+    monkeypatch.setattr(ch11, "call_without_library", call_allowing_library)
+    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+
+
+def test_torch_finfo_is_refused_for_a_format():
+    with pytest.raises(AssertionError, match=r"the library \(.*torch\.finfo\) does the work here"):
+        ch11.check_format_properties(lambda e, m: (torch.finfo(torch.float32).max, torch.finfo(torch.float32).eps,
+                                                   torch.finfo(torch.float32).tiny))

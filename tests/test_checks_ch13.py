@@ -91,8 +91,18 @@ def test_llama_config_names_the_mistake(wrong, message):
 
 # ----------------------------------------------------------------------------- task 4
 def published_parameters(spec):
-    """The reference answer: the formula of course_lib.model.count_parameters on the spec's config."""
-    return count_parameters(ModelConfig(**spec))
+    """The reference answer, counted by hand from the spec as the task describes (the check refuses
+    course_lib.model.count_parameters, which it compares with)."""
+    d, dh, h, hkv, V = spec["d_model"], spec["head_dim"], spec["n_heads"], spec["n_kv_heads"], spec["vocab_size"]
+    b = int(spec["bias"])
+    norm = d * (2 if spec["norm"] == "layernorm" and spec["bias"] else 1)
+    attn = 2 * d * h * dh + 2 * d * hkv * dh + b * (h * dh + 2 * hkv * dh + d)
+    glu = spec["ffn"] in ("swiglu", "geglu")
+    ffn = (3 if glu else 2) * d * spec["d_ff"] + b * ((2 if glu else 1) * spec["d_ff"] + d)
+    block = attn + ffn + (4 if spec["norm_placement"] == "sandwich" else 2) * norm
+    total = V * d + spec["n_layers"] * block + norm
+    total += spec["max_seq_len"] * d if spec["pos_encoding"] == "learned" else 0
+    return total + (0 if spec["tie_embeddings"] else V * d)
 
 
 def count_wrong(**changes):
@@ -245,3 +255,32 @@ def test_max_context_passes(capsys):
 def test_max_context_names_the_mistake(wrong, message):
     with pytest.raises(AssertionError, match=message):
         ch13.check_max_context(wrong)
+
+
+# ----------------------------------------------------------------------------- calling the library scores nothing
+from course_lib import attention as A  # noqa: E402
+from course_lib.architectures import gemma2_config  # noqa: E402
+from course_lib.grading.forbid import call_allowing_library  # noqa: E402
+from course_lib.pretrained import config_from_hf  # noqa: E402
+
+
+def params_by_building(spec):
+    from course_lib.model import DecoderLM
+    with torch.device("meta"):
+        return sum(p.numel() for p in DecoderLM(ModelConfig(**spec)).parameters())
+
+
+@pytest.mark.parametrize("check, answer", [
+    (ch13.check_softcap, A.softcap),
+    (ch13.check_capped_scores, lambda s, m, c: A.softcap(s, c).masked_fill(~m, float("-inf"))),
+    (ch13.check_count_params, lambda spec: count_parameters(ModelConfig(**spec))),
+    (ch13.check_count_params, params_by_building),
+    (ch13.check_local_layers, lambda n: [i for i in range(n) if gemma2_config(n_layers=n).layer_window(i) is not None]),
+    (ch13.check_qwen2_config, config_from_hf),
+])
+def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)
+    monkeypatch.setattr(ch13, "call_without_library", call_allowing_library)
+    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+

@@ -16,7 +16,8 @@ Tasks, in the order of the exercise notebook:
    bytes_per_elem)`` — Gemma-2's cache with rolling buffers on its local layers.
 
 References: ``torch.repeat_interleave``, ``course_lib.kv_cache.kv_cache_bytes`` and the layer's own
-uncached forward. A wrong answer is compared with the known wrong answers (position not advanced,
+uncached forward; an answer that calls them (or ``KVCache.update``, ``course_lib.attention.repeat_kv``)
+is refused (:mod:`course_lib.grading.forbid`). A wrong answer is compared with the known wrong answers (position not advanced,
 off-by-one index, ``repeat`` instead of ``repeat_interleave``, factor 2 forgotten, ``n_heads`` for
 ``n_kv_heads``, empty cache slots attended, …) to name the mistake.
 """
@@ -27,12 +28,30 @@ import math
 
 import torch
 
+from course_lib import attention, kv_cache
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without_library
 from course_lib.kv_cache import kv_cache_bytes as reference_kv_cache_bytes
 from course_lib.model import CausalSelfAttention, ModelConfig
 
 __all__ = ["check_cache_update", "check_repeat_kv", "check_kv_cache_bytes", "check_decode_step",
            "check_min_batch_compute_bound", "check_local_global_cache_bytes", "MIN_BATCH_CASES"]
+
+
+# The library functions that answer a warm-up outright: calling them scores nothing. (torch's own
+# repeat_interleave / expand are the tools Task 2 asks the learner to choose between; decode_step may
+# use any attention core — the point is the cache — but not the layer's own cached forward.)
+_LIBRARY = {
+    "cache_update": [(kv_cache.KVCache, "update")],
+    "repeat_kv": [(attention, "repeat_kv")],
+    "kv_cache_bytes": [(kv_cache, "kv_cache_bytes")],
+    "decode_step": [(CausalSelfAttention, "forward")],
+}
+
+
+def _call(task: str, fn, *args, **kwargs):
+    """The student's function, with the library functions of ``task`` forbidden."""
+    return call_without_library(fn, _LIBRARY[task], *args, name=task, **kwargs)
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -57,7 +76,7 @@ def check_cache_update(cache_update_fn) -> None:
         k_cache, v_cache = torch.randn(2, B, h, L, d, generator=g)
         k, v = torch.randn(2, B, h, T, d, generator=g)
         k0, v0 = k_cache.clone(), v_cache.clone()
-        got_pos = call_student(cache_update_fn, k_cache, v_cache, pos, k, v, name="cache_update")
+        got_pos = _call("cache_update", cache_update_fn, k_cache, v_cache, pos, k, v)
         want_k, want_v = _written(k0, pos, k), _written(v0, pos, v)
         if torch.equal(k_cache, k0) and torch.equal(v_cache, v0):
             raise AssertionError(
@@ -96,7 +115,7 @@ def check_repeat_kv(repeat_kv_fn) -> None:
     for B, hkv, T, d, n_rep in cases:
         name = f"repeat_kv(x of shape {(B, hkv, T, d)}, n_rep={n_rep})"
         x = torch.randn(B, hkv, T, d, generator=g)
-        got = call_student(repeat_kv_fn, x.clone(), n_rep, name="repeat_kv")
+        got = _call("repeat_kv", repeat_kv_fn, x.clone(), n_rep)
         want = torch.repeat_interleave(x, n_rep, dim=1)
         if isinstance(got, torch.Tensor) and tuple(got.shape) != tuple(want.shape):
             if tuple(got.shape) == (B, hkv, T * n_rep, d):
@@ -125,8 +144,8 @@ def check_kv_cache_bytes(kv_cache_bytes_fn) -> None:
     for L, h, hkv, d, tokens, batch, nbytes in cases:
         name = (f"kv_cache_bytes(n_layers={L}, n_heads={h}, n_kv_heads={hkv}, head_dim={d}, tokens={tokens}, "
                 f"batch={batch}, bytes_per_elem={nbytes})")
-        got = expect_number(name, call_student(kv_cache_bytes_fn, L, h, hkv, d, tokens, batch, nbytes,
-                                               name="kv_cache_bytes"))
+        got = expect_number(name, _call("kv_cache_bytes", kv_cache_bytes_fn, L, h, hkv, d, tokens, batch,
+                                                nbytes))
         want = reference_kv_cache_bytes(L, hkv, d, tokens, batch, nbytes)
         if got == want:
             continue
@@ -184,7 +203,7 @@ def check_decode_step(decode_step_fn) -> None:
         v_cache = torch.randn(B, hkv, L, attn.head_dim) * 3
         k_cache[:, :, :pos], v_cache[:, :, :pos] = k_all[:, :, :pos], v_all[:, :, :pos]
         garbage_k, garbage_v = k_cache.clone(), v_cache.clone()
-        got = call_student(decode_step_fn, attn, x[:, -1:].clone(), k_cache, v_cache, pos, name="decode_step")
+        got = _call("decode_step", decode_step_fn, attn, x[:, -1:].clone(), k_cache, v_cache, pos)
         got = expect_tensor(name, got, (B, 1, 32))
         q = q_all[:, :, -1:]
         filled_k = garbage_k.clone()

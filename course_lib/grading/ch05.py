@@ -18,7 +18,7 @@ Tasks, in the order of the exercise notebook:
    with a causal sliding window that skips every tile outside the band.
 
 References come from ``course_lib.flash`` (tested against ``F.scaled_dot_product_attention``
-and autograd); when the student's answer is wrong, the check recomputes the known wrong answers
+and autograd); an answer that calls them (or SDPA) is refused (:mod:`course_lib.grading.forbid`); when the student's answer is wrong, the check recomputes the known wrong answers
 (no rescale by e^(m_old − m_new), normalising inside the loop, the unmasked tail of the last
 block, S and P counted once, the wrong block-size formula, …) and names the one it matches.
 """
@@ -26,10 +26,12 @@ block, S and P counted once, the wrong block-size formula, …) and names the on
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 
+from course_lib import attention, flash, sparse
 from course_lib.flash import (
     flash_attention_backward,
     flash_attention_forward,
@@ -39,7 +41,8 @@ from course_lib.flash import (
     softmax_stats,
     standard_attention_io,
 )
-from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading import expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without_library
 from course_lib.sparse import sliding_window_mask
 
 __all__ = [
@@ -52,6 +55,34 @@ __all__ = [
     "check_flash_window",
     "reference_tile_kinds",
 ]
+
+
+def _attention_cores() -> list[tuple[object, str]]:
+    """Whole attention computations an answer must not hand its work to (the sheet's intro says so)."""
+    return [(flash, "flash_attention_forward"), (flash, "flash_attention"), (flash, "flash_attention_v1"),
+            (flash, "standard_attention"), (F, "scaled_dot_product_attention"),
+            (attention, "scaled_dot_product_attention")]
+
+
+def _library(task: str) -> list[tuple[object, str]]:
+    """The library functions that answer ``task`` outright: calling them scores nothing."""
+    return {
+        "merge_stats": lambda: [(flash, "online_softmax_merge")],
+        "causal_tile_kinds": lambda: [(sys.modules[__name__], "reference_tile_kinds")],
+        "flash_forward": _attention_cores,
+        "hbm_accesses": lambda: [(flash, "standard_attention_io"), (flash, "flash_attention_io"),
+                                 (flash, "standard_attention"), (flash, "flash_attention_v1"),
+                                 (flash, "flash_attention_forward")],
+        "backward_from_lse": lambda: [(flash, "flash_attention_backward"), (flash, "standard_attention_backward")],
+        "chunk_attention": _attention_cores,
+        "merge_chunks": lambda: [],                 # no library answer: online_softmax_merge merges (m, ℓ) only
+        "flash_forward_window": lambda: _attention_cores() + [(sparse, "block_sparse_attention")],
+    }[task]()
+
+
+def _call(fn, *args, name: str, **kwargs):
+    """The student's function ``name``, with the library functions of its task forbidden."""
+    return call_without_library(fn, _library(name), *args, name=name, **kwargs)
 
 
 def _pair(name: str, res):
@@ -78,7 +109,7 @@ def check_merge(merge_stats) -> None:
     cases.append(("rows 2, 3 empty in both blocks (fully masked rows)", mixed, empty))
     for what, a, b in cases:
         name = f"merge_stats with {what}"
-        res = _pair(name, call_student(merge_stats, (a[0].clone(), a[1].clone()), (b[0].clone(), b[1].clone()),
+        res = _pair(name, _call(merge_stats, (a[0].clone(), a[1].clone()), (b[0].clone(), b[1].clone()),
                                        name="merge_stats"))
         m_want, l_want = online_softmax_merge(a, b)
         m_got = expect_tensor(f"{name}: m", res[0], tuple(m_want.shape))
@@ -131,7 +162,7 @@ def check_tile_kinds(causal_tile_kinds) -> None:
     cases = [(12, 4, 3), (8, 4, 4), (10, 4, 4), (12, 3, 4), (17, 5, 3), (7, 2, 7), (20, 8, 5), (1, 4, 4), (9, 9, 2)]
     for N, Br, Bc in cases:
         name = f"causal_tile_kinds(N={N}, Br={Br}, Bc={Bc})"
-        got = call_student(causal_tile_kinds, N, Br, Bc, name="causal_tile_kinds")
+        got = _call(causal_tile_kinds, N, Br, Bc, name="causal_tile_kinds")
         want = reference_tile_kinds(N, Br, Bc)
         Tr, Tc = want.shape
         if isinstance(got, torch.Tensor) and tuple(got.shape) == (Tc, Tr) and Tr != Tc:
@@ -251,7 +282,7 @@ def check_flash_forward(flash_forward) -> None:
         k = torch.randn(B, h, N, d, generator=g)
         v = torch.randn(B, h, N, d, generator=g)
         name = f"flash_forward(q [{B},{h},{N},{d}], Br={Br}, Bc={Bc}, causal={causal})"
-        res = _pair(name, call_student(flash_forward, q.clone(), k.clone(), v.clone(), Br, Bc, causal=causal,
+        res = _pair(name, _call(flash_forward, q.clone(), k.clone(), v.clone(), Br, Bc, causal=causal,
                                        name="flash_forward"))
         O_want = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         _, L_want = flash_attention_forward(q, k, v, causal=causal)
@@ -303,7 +334,7 @@ def _check_tiled(flash_forward, g) -> None:
     N, d, Br, Bc = 256, 8, 32, 32
     q, k, v = (torch.randn(1, 1, N, d, generator=g) for _ in range(3))
     name = f"flash_forward(q [1,1,{N},{d}], Br={Br}, Bc={Bc})"
-    res, peak = peak_memory(lambda: call_student(flash_forward, q, k, v, Br, Bc, causal=False, name="flash_forward"))
+    res, peak = peak_memory(lambda: _call(flash_forward, q, k, v, Br, Bc, causal=False, name="flash_forward"))
     scores_bytes = N * N * q.element_size()
     if peak >= scores_bytes / 2:
         raise AssertionError(
@@ -313,7 +344,7 @@ def _check_tiled(flash_forward, g) -> None:
     counted = {}
     for causal in (False, True):
         with FlopCounterMode(display=False) as flops:
-            call_student(flash_forward, q, k, v, Br, Bc, causal=causal, name="flash_forward")
+            _call(flash_forward, q, k, v, Br, Bc, causal=causal, name="flash_forward")
         counted[causal] = flops.get_total_flops()
     T = N // Br
     visible = T * (T + 1) / 2 / (T * T)             # the fraction of tiles on or below the diagonal
@@ -337,7 +368,7 @@ def check_hbm_accesses(hbm_accesses) -> None:
     got = {}
     for N, d, M in cases:
         name = f"hbm_accesses(N={N}, d={d}, M={M})"
-        res = call_student(hbm_accesses, N, d, M, name="hbm_accesses")
+        res = _call(hbm_accesses, N, d, M, name="hbm_accesses")
         if not (isinstance(res, (tuple, list)) and len(res) == 2):
             raise AssertionError(f"{name}: expected a pair (standard, flash); got {type(res).__name__}")
         got[N, d, M] = (expect_number(f"{name}: standard", res[0]), expect_number(f"{name}: flash", res[1]))
@@ -395,7 +426,7 @@ def check_backward(backward_from_lse) -> None:
         q = q * 2
         o, L = flash_attention_forward(q, k, v)
         name = f"backward_from_lse(q [{B},{h},{N},{d}])"
-        res = call_student(backward_from_lse, q.clone(), k.clone(), v.clone(), o.clone(), L.clone(), do.clone(),
+        res = _call(backward_from_lse, q.clone(), k.clone(), v.clone(), o.clone(), L.clone(), do.clone(),
                            name="backward_from_lse")
         if not (isinstance(res, (tuple, list)) and len(res) == 3):
             raise AssertionError(f"{name}: expected a tuple (dq, dk, dv); got {type(res).__name__}")
@@ -454,7 +485,7 @@ def _check_uses_saved_statistics(backward_from_lse, g) -> None:
     L_probe = L + torch.rand(B, h, N, generator=g, dtype=torch.float64)        # a different saved L …
     o_probe = o + 0.5 * torch.randn(B, h, N, d, generator=g, dtype=torch.float64)   # … and a different saved O
     name = "backward_from_lse, given a saved L and O that the check changed on purpose"
-    res = call_student(backward_from_lse, q.clone(), k.clone(), v.clone(), o_probe.clone(), L_probe.clone(),
+    res = _call(backward_from_lse, q.clone(), k.clone(), v.clone(), o_probe.clone(), L_probe.clone(),
                        do.clone(), name="backward_from_lse")
     if not (isinstance(res, (tuple, list)) and len(res) == 3):
         raise AssertionError(f"{name}: expected a tuple (dq, dk, dv); got {type(res).__name__}")
@@ -530,7 +561,7 @@ def check_split_kv(chunk_attention, merge_chunks) -> None:
         q = torch.randn(B, h, 1, d, generator=g) * spread
         k, v = torch.randn(2, B, h, n, d, generator=g)
         name = f"chunk_attention(q [{B},{h},1,{d}], a chunk of {n} keys)"
-        res = _pair(name, call_student(chunk_attention, q.clone(), k.clone(), v.clone(), name="chunk_attention"))
+        res = _pair(name, _call(chunk_attention, q.clone(), k.clone(), v.clone(), name="chunk_attention"))
         o_want, lse_want = _chunk_reference(q, k, v)
         o_got = expect_tensor(f"{name}: o", res[0], (B, h, 1, d))
         lse_got = expect_tensor(f"{name}: lse", res[1], (B, h, 1))
@@ -567,7 +598,7 @@ def check_split_kv(chunk_attention, merge_chunks) -> None:
         what = (f"{S} chunks of {sizes} keys" + (" (the last empty: lse = −inf, o = 0)" if empty else "")
                 + (f", logits up to {_scores(q, k).abs().max().item():.0f}" if spread > 10 else ""))
         name = f"merge_chunks({what})"
-        res = _pair(name, call_student(merge_chunks, o_parts.clone(), lse_parts.clone(), name="merge_chunks"))
+        res = _pair(name, _call(merge_chunks, o_parts.clone(), lse_parts.clone(), name="merge_chunks"))
         o_want, lse_want = _chunk_reference(q, k, v)
         o_got = expect_tensor(f"{name}: o", res[0], (B, h, 1, d))
         lse_got = expect_tensor(f"{name}: lse", res[1], (B, h, 1))
@@ -597,16 +628,16 @@ def check_split_kv(chunk_attention, merge_chunks) -> None:
         k, v = torch.randn(2, B, h, N, d, generator=g)
         chunks = _cut(N, S, g)
         name = f"split-KV decoding (N = {N} keys in {S} chunks of {[b - a for a, b in chunks]})"
-        parts = [_pair(name, call_student(chunk_attention, q, k[..., a:b, :], v[..., a:b, :], name="chunk_attention"))
+        parts = [_pair(name, _call(chunk_attention, q, k[..., a:b, :], v[..., a:b, :], name="chunk_attention"))
                  for a, b in chunks]
         o_parts, lse_parts = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
         o_want, lse_want = _chunk_reference(q, k, v)
-        flat = _pair(name, call_student(merge_chunks, o_parts, lse_parts, name="merge_chunks"))
+        flat = _pair(name, _call(merge_chunks, o_parts, lse_parts, name="merge_chunks"))
         expect_close(f"{name}: o", expect_tensor(f"{name}: o", flat[0], (B, h, 1, d)), o_want)
         half = S // 2
-        left = _pair(name, call_student(merge_chunks, o_parts[:half], lse_parts[:half], name="merge_chunks"))
-        right = _pair(name, call_student(merge_chunks, o_parts[half:], lse_parts[half:], name="merge_chunks"))
-        tree = _pair(name, call_student(merge_chunks, torch.stack([left[0], right[0]]), torch.stack([left[1], right[1]]),
+        left = _pair(name, _call(merge_chunks, o_parts[:half], lse_parts[:half], name="merge_chunks"))
+        right = _pair(name, _call(merge_chunks, o_parts[half:], lse_parts[half:], name="merge_chunks"))
+        tree = _pair(name, _call(merge_chunks, torch.stack([left[0], right[0]]), torch.stack([left[1], right[1]]),
                                         name="merge_chunks"))
         again = f"{name}, merged as two halves and then merged again"
         expect_close(f"{again}: o", expect_tensor(f"{again}: o", tree[0], (B, h, 1, d)), o_want)
@@ -648,7 +679,7 @@ def check_flash_window(flash_window) -> None:
         q = torch.randn(B, h, N, d, generator=g) * spread
         k, v = torch.randn(2, B, h, N, d, generator=g)
         name = f"flash_forward_window(q [{B},{h},{N},{d}], Br={Br}, Bc={Bc}, window={W})"
-        got = call_student(flash_window, q.clone(), k.clone(), v.clone(), Br, Bc, W, name="flash_forward_window")
+        got = _call(flash_window, q.clone(), k.clone(), v.clone(), Br, Bc, W, name="flash_forward_window")
         if isinstance(got, (tuple, list)) and len(got) == 2 and isinstance(got[0], torch.Tensor):
             got = got[0]                                     # (O, L) as in Task 3 is fine: O is graded
         got = expect_tensor(name, got, (B, h, N, d))
@@ -680,7 +711,7 @@ def check_flash_window(flash_window) -> None:
     q, k, v = (torch.randn(1, 1, N, d, generator=g) for _ in range(3))
     name = f"flash_forward_window(q [1,1,{N},{d}], Br={Br}, Bc={Bc}, window={W})"
     with FlopCounterMode(display=False) as counter:
-        call_student(flash_window, q, k, v, Br, Bc, W, name="flash_forward_window")
+        _call(flash_window, q, k, v, Br, Bc, W, name="flash_forward_window")
     counted = counter.get_total_flops()
     active, causal, every = _window_tile_flops(N, Br, Bc, W, d)
     if counted == 0:
@@ -694,7 +725,7 @@ def check_flash_window(flash_window) -> None:
             f"{active:,} ({active / every:.0%} of all tiles, {active / causal:.0%} of the causal ones): {where} "
             "(and masked) instead of skipped. For the query block of rows r0 … r1 − 1, only the key blocks that "
             "meet r0 − W + 1 … r1 − 1 hold visible keys: start the inner loop at the first of them")
-    _, peak = peak_memory(lambda: call_student(flash_window, q, k, v, Br, Bc, W, name="flash_forward_window"))
+    _, peak = peak_memory(lambda: _call(flash_window, q, k, v, Br, Bc, W, name="flash_forward_window"))
     if peak >= N * N / 2:                       # half a byte per query-key pair: less than even a bool N × N mask
         raise AssertionError(
             f"{name}: {peak / 1024:.0f} KiB were alive at once, as much as an N × N mask "

@@ -17,7 +17,8 @@ Tasks, in the order of the exercise notebook:
 
 Each check builds the reference with ``course_lib.positional`` (tested against torch and the
 papers' code in ``tests/test_positional.py``), or recomputes the paper's formula and checks its
-properties (tasks 6 and 7), and, on a wrong answer, recomputes the typical wrong answers to name
+properties (tasks 6 and 7); an answer that calls the library function of its task is refused
+(:mod:`course_lib.grading.forbid`); on a wrong answer it recomputes the typical wrong answers to name
 the mistake.
 """
 
@@ -28,7 +29,8 @@ import math
 import torch
 
 from course_lib import positional as ref
-from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading import expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without_library
 
 __all__ = [
     "check_sinusoidal",
@@ -39,6 +41,26 @@ __all__ = [
     "check_ntk_base",
     "check_yarn_frequencies",
 ]
+
+
+# The library functions that answer a task outright: calling them scores nothing (the sheet asks for plain
+# torch). Task 7 (YaRN) has none; its θ_i may come from anywhere.
+_ROPE = ["rope_frequencies", "rope_angles", "rope_cos_sin", "rotate_half", "rotate_every_two", "apply_rope",
+         "apply_rotary_pos_emb", "rope_rotation_matrix", "RotaryEmbedding"]
+_LIBRARY = {
+    "sinusoidal_table": ["sinusoidal_position_encoding", "sinusoidal_frequencies", "SinusoidalPositionalEmbedding"],
+    "rope": _ROPE,
+    "alibi_slopes": ["alibi_slopes"],
+    "interpolate_positions": ["interpolate_positions", "interpolation_scale"],
+    "relative_matrix": ["relative_position_matrix", "relative_positions"],
+    "ntk_base": ["ntk_scaled_base"],
+    "yarn_frequencies": [],
+}
+
+
+def _call(fn, *args, name: str, **kwargs):
+    """The student's function ``name``, with the ``course_lib.positional`` functions of its task forbidden."""
+    return call_without_library(fn, [(ref, f) for f in _LIBRARY[name]], *args, name=name, **kwargs)
 
 
 def _freqs(d: int, exponent: float = 2.0, base: float = 10000.0) -> torch.Tensor:
@@ -57,7 +79,7 @@ def check_sinusoidal(sinusoidal_table) -> None:
     cases = [(6, 8), (50, 16), (1, 4), (33, 2), (128, 64)]
     for n, d in cases:
         name = f"sinusoidal_table({n}, {d})"
-        got = expect_tensor(name, call_student(sinusoidal_table, n, d, name="sinusoidal_table"), (n, d))
+        got = expect_tensor(name, _call(sinusoidal_table, n, d, name="sinusoidal_table"), (n, d))
         want = ref.sinusoidal_position_encoding(n, d, dtype=torch.float64)
         t = torch.arange(n, dtype=torch.float64)[:, None]
         a = t * _freqs(d)
@@ -126,7 +148,7 @@ def check_rope(rope) -> None:
         x = torch.randn(*shape, generator=g)
         pos = torch.arange(shape[2]) * 3 + 1
         name = f"rope(x of shape {shape}, positions {pos.tolist()}, layout={layout!r})"
-        got = expect_tensor(name, call_student(rope, x.clone(), pos.clone(), layout, name="rope"), shape)
+        got = expect_tensor(name, _call(rope, x.clone(), pos.clone(), layout, name="rope"), shape)
         cos, sin = ref.rope_cos_sin(pos, shape[-1], layout=layout, dtype=torch.float64)
         want = ref.apply_rope(x.double(), cos, sin, layout)
         try:
@@ -196,7 +218,7 @@ def _check_elementwise(rope) -> None:
 
     x = torch.randn(1, 2, 8, d, generator=torch.Generator().manual_seed(67))
     with _Products():
-        call_student(rope, x, torch.arange(8), "half", name="rope")
+        _call(rope, x, torch.arange(8), "half", name="rope")
     if max(longest, default=0) >= 4:
         raise AssertionError(
             f"rope(x of shape (1, 2, 8, {d}), layout='half'): a matrix product summing over {max(longest)} "
@@ -210,7 +232,7 @@ def check_alibi_slopes(alibi_slopes) -> None:
     cases = [8, 16, 12, 4, 6, 1, 24, 32]
     for n in cases:
         name = f"alibi_slopes({n})"
-        raw = call_student(alibi_slopes, n, name="alibi_slopes")
+        raw = _call(alibi_slopes, n, name="alibi_slopes")
         if isinstance(raw, (list, tuple)):
             try:
                 raw = torch.tensor([float(v) for v in raw])
@@ -244,7 +266,7 @@ def check_interpolation(interpolate_positions) -> None:
     for L, Lp, n in cases:
         pos = torch.arange(n)
         name = f"interpolate_positions(arange({n}), train_len={L}, target_len={Lp})"
-        got = expect_tensor(name, call_student(interpolate_positions, pos.clone(), L, Lp, name="interpolate_positions"), (n,))
+        got = expect_tensor(name, _call(interpolate_positions, pos.clone(), L, Lp, name="interpolate_positions"), (n,))
         if not got.is_floating_point():
             raise AssertionError(f"{name}: expected float positions; got {got.dtype} "
                                  "(positions rounded to integers: interpolation needs fractional positions)")
@@ -265,7 +287,7 @@ def check_relative_matrix(relative_matrix) -> None:
     cases = [(5, 2), (8, 3), (6, 0), (4, 10), (12, 4), (1, 1)]
     for n, k in cases:
         name = f"relative_matrix({n}, {k})"
-        got = expect_tensor(name, call_student(relative_matrix, n, k, name="relative_matrix"), (n, n))
+        got = expect_tensor(name, _call(relative_matrix, n, k, name="relative_matrix"), (n, n))
         if got.is_floating_point() or got.dtype == torch.bool:
             raise AssertionError(f"{name}: expected an integer tensor; got {got.dtype}")
         want = ref.relative_position_matrix(n, k)
@@ -315,7 +337,7 @@ def check_ntk_base(ntk_base) -> None:
         cases.append((float([1e4, 5e5, 1e6][int(torch.randint(0, 3, (1,), generator=g))]), head_dim, rotary_dim, s))
     for base, D, r, s in cases:
         name = f"ntk_base(base={base:g}, head_dim={D}, rotary_dim={r}, s={s:g})"
-        got = expect_number(name, call_student(ntk_base, base, D, r, s, name="ntk_base"))
+        got = expect_number(name, _call(ntk_base, base, D, r, s, name="ntk_base"))
         want = base * s ** (r / (r - 2))
         if math.isclose(got, want, rel_tol=1e-9):
             continue
@@ -384,7 +406,7 @@ def check_yarn_frequencies(yarn_frequencies) -> None:
         cases.append((d, base, s, L, alpha, beta))
     for d, base, s, L, alpha, beta in cases:
         name = f"yarn_frequencies(head_dim={d}, base={base:g}, s={s:g}, train_len={L}, alpha={alpha:g}, beta={beta:g})"
-        got = call_student(yarn_frequencies, d, base, s, L, alpha, beta, name="yarn_frequencies")
+        got = _call(yarn_frequencies, d, base, s, L, alpha, beta, name="yarn_frequencies")
         got = expect_tensor(name, got, (d // 2,)).double()
         want = _yarn(d, base, s, L, alpha, beta)
         theta = _freqs(d, base=base)

@@ -16,7 +16,7 @@ Tasks, in the order of the exercise notebook (weights in the maths layout ``x W`
    ``J[i, j] = ∂y_j/∂x_i`` of a GLU FFN at one token, derived by hand (autograd is refused).
 
 References come from ``course_lib.ffn`` (tested against ``F.silu``, ``F.gelu`` and a hand-written
-LLaMA MLP); a wrong answer is compared with the known wrong answers (gate and up swapped,
+LLaMA MLP); an answer to Tasks 1–4 that calls them is refused (:mod:`course_lib.grading.forbid`); a wrong answer is compared with the known wrong answers (gate and up swapped,
 sigmoid instead of SiLU, no rounding, 4·d instead of 8/3·d, …) and the message names the match.
 """
 
@@ -25,12 +25,15 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 
 import torch
 import torch.nn.functional as F
 
+from course_lib import ffn
 from course_lib.ffn import GLU_VARIANTS, ffn_num_parameters, glu_hidden_dim
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without_library
 
 __all__ = ["check_swiglu_forward", "check_glu_hidden_dim", "check_glu_ffn", "check_ffn_param_count",
            "check_glu_width_for_budget", "check_glu_jacobian", "reference_glu_ffn", "BUDGET_CASES"]
@@ -42,6 +45,25 @@ SIGMOID = "sigmoid instead of SiLU (GLU instead of SwiGLU): Swish(z) = z·σ(z),
 def reference_glu_ffn(x, w_gate, w_up, w_down, variant="swiglu"):
     """``(φ(x W_gate) ⊗ (x W_up)) W_down`` with φ = ``GLU_VARIANTS[variant]``."""
     return (GLU_VARIANTS[variant](x @ w_gate) * (x @ w_up)) @ w_down
+
+
+def _library(task: str) -> list[tuple[object, str]]:
+    """The library functions that answer a warm-up outright: calling them scores nothing (F.silu, F.gelu, …
+    are the tools the tasks expect; Tasks 5 and 6 have no library answer, and Task 6 refuses autograd)."""
+    this = sys.modules[__name__]
+    glu = [(ffn.GatedFeedForward, "forward"), (this, "reference_glu_ffn")]
+    return {
+        "swiglu_forward": glu,
+        "glu_ffn": glu,
+        "glu_hidden_dim": [(ffn, "glu_hidden_dim")],
+        "ffn_param_count": [(ffn, "ffn_num_parameters"), (ffn, "build_feed_forward"), (ffn, "FeedForward"),
+                            (ffn, "GatedFeedForward")],
+    }[task]
+
+
+def _call(task: str, fn, *args, **kwargs):
+    """The student's function, with the library functions of ``task`` forbidden."""
+    return call_without_library(fn, _library(task), *args, name=task, **kwargs)
 
 
 def _weights(g, d, h, dtype):
@@ -88,7 +110,7 @@ def check_swiglu_forward(swiglu_forward) -> None:
     cases = _cases(701)
     for x, wg, wu, wd in cases:
         name = f"swiglu_forward(x {tuple(x.shape)}, d_ff={wg.shape[1]}, {str(x.dtype)[6:]})"
-        got = call_student(swiglu_forward, x.clone(), wg.clone(), wu.clone(), wd.clone(), name="swiglu_forward")
+        got = _call("swiglu_forward", swiglu_forward, x.clone(), wg.clone(), wu.clone(), wd.clone())
         got = expect_tensor(name, got, tuple(x.shape))
         expect_close(name, got, reference_glu_ffn(x, wg, wu, wd, "swiglu"),
                      mistakes=_glu_mistakes(x, wg, wu, wd, "swiglu"))
@@ -101,7 +123,7 @@ def check_glu_hidden_dim(glu_hidden_dim_fn) -> None:
     cases = [(4096, 256), (5120, 256), (8192, 256), (768, 64), (512, 128), (100, 8), (96, 64), (3 * 64, 64), (1, 1)]
     for d, m in cases:
         name = f"glu_hidden_dim(d_model={d}, multiple_of={m})"
-        raw = call_student(glu_hidden_dim_fn, d, m, name="glu_hidden_dim")
+        raw = _call("glu_hidden_dim", glu_hidden_dim_fn, d, m)
         got = expect_number(name, raw)
         want = glu_hidden_dim(d, multiple_of=m)
         if got == want:
@@ -136,7 +158,7 @@ def check_glu_ffn(glu_ffn) -> None:
     for variant in ("glu", "bilinear", "reglu", "geglu", "swiglu"):
         for x, wg, wu, wd in cases[:3]:
             name = f"glu_ffn(variant={variant!r}, x {tuple(x.shape)}, {str(x.dtype)[6:]})"
-            got = call_student(glu_ffn, x.clone(), wg.clone(), wu.clone(), wd.clone(), variant, name="glu_ffn")
+            got = _call("glu_ffn", glu_ffn, x.clone(), wg.clone(), wu.clone(), wd.clone(), variant)
             got = expect_tensor(name, got, tuple(x.shape))
             mistakes = _glu_mistakes(x, wg, wu, wd, variant)
             for other in GLU_VARIANTS:
@@ -167,7 +189,7 @@ def check_ffn_param_count(ffn_param_count) -> None:
              (768, 2048, "geglu", True), (64, 172, "reglu", True), (10, 14, "glu", True), (10, 14, "bilinear", False)]
     for d, h, kind, bias in cases:
         name = f"ffn_param_count(d_model={d}, d_ff={h}, kind={kind!r}, bias={bias})"
-        got = expect_number(name, call_student(ffn_param_count, d, h, kind, bias, name="ffn_param_count"))
+        got = expect_number(name, _call("ffn_param_count", ffn_param_count, d, h, kind, bias))
         want = ffn_num_parameters(d, h, kind, bias)
         if got == want:
             continue

@@ -20,7 +20,7 @@ Tasks, in the order of the exercise notebook:
 
 References come from ``course_lib.precision`` (tested against ``torch.finfo`` and
 ``torch.amp.GradScaler``), ``torch._amp_update_scale_`` (the kernel behind ``GradScaler.update``) and
-torch's casts; a wrong answer is compared with the known wrong answers (mantissa bits
+torch's casts; an answer to Tasks 1–5 that calls them is refused (:mod:`course_lib.grading.forbid`); a wrong answer is compared with the known wrong answers (mantissa bits
 off by one, growth on every step, factors hard-coded, no unscale, no skip, the update done in fp16,
 subnormals forgotten, ``max`` taken for the overflow threshold, no overflow check, …).
 """
@@ -31,11 +31,32 @@ import math
 
 import torch
 
+from course_lib import precision
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without_library
 from course_lib.precision import FloatFormat, master_weight_step, round_to_format
 
 __all__ = ["check_format_properties", "check_update_scale", "check_scaled_sgd_step", "check_master_update",
            "check_flush_thresholds", "check_smallest_loss_scale", "gradient_population"]
+
+
+# The functions that answer a task outright: calling them scores nothing (the sheet's intro says so).
+# Task 6 has none: a search with casts is allowed, and its thresholds are Task 5's.
+_FORMATS = [(precision, "FloatFormat"), (precision, "get_format"), (precision, "format_table"), (torch, "finfo")]
+_LIBRARY = {
+    "format_properties": _FORMATS,
+    "update_scale": [(precision, "update_scale"), (precision, "DynamicLossScaler"), (torch, "_amp_update_scale_"),
+                     (torch.amp, "GradScaler")],
+    "scaled_sgd_step": [(precision, "master_weight_step"), (precision, "has_inf_or_nan"),
+                        (precision, "DynamicLossScaler"), (torch.amp, "GradScaler")],
+    "master_update": [(precision, "master_weight_step")],
+    "flush_thresholds": _FORMATS + [(precision, "round_to_format")],
+}
+
+
+def _call(task: str, fn, *args, **kwargs):
+    """The student's function, with the library functions of ``task`` forbidden."""
+    return call_without_library(fn, _LIBRARY[task], *args, name=task, **kwargs)
 
 
 def _tuple(name: str, res, n: int):
@@ -55,7 +76,7 @@ def check_format_properties(format_properties) -> None:
              ("fp8 e4m3-like IEEE", 4, 3), ("fp8 e5m2", 5, 2)]
     for what, e, m in cases:
         name = f"format_properties({e}, {m}) ({what})"
-        res = _tuple(name, call_student(format_properties, e, m, name="format_properties"), 3)
+        res = _tuple(name, _call("format_properties", format_properties, e, m), 3)
         f = FloatFormat(what, e, m)
         got = [expect_number(f"{name}: {k}", v) for k, v in zip(("max", "eps", "tiny"), res)]
         bias = 2 ** (e - 1) - 1
@@ -119,7 +140,7 @@ def check_update_scale(update_scale_fn) -> None:
         name = f"update_scale on {what}"
 
         def student(s, t, f, gf, bf, k):
-            res = _tuple(name, call_student(update_scale_fn, s, t, f, gf, bf, k, name="update_scale"), 2)
+            res = _tuple(name, _call("update_scale", update_scale_fn, s, t, f, gf, bf, k), 2)
             return expect_number(f"{name}: scale", res[0]), expect_number(f"{name}: growth_tracker", res[1])
 
         want = _scale_trace(_torch_update_scale, found, init, gf, bf, K)
@@ -170,8 +191,8 @@ def check_scaled_sgd_step(scaled_sgd_step) -> None:
     lr = 0.1
     for what, params, grads, S in cases:
         name = f"scaled_sgd_step with {what}"
-        res = _tuple(name, call_student(scaled_sgd_step, [p.clone() for p in params], [q.clone() for q in grads],
-                                        S, lr, name="scaled_sgd_step"), 2)
+        res = _tuple(name, _call("scaled_sgd_step", scaled_sgd_step, [p.clone() for p in params],
+                                 [q.clone() for q in grads], S, lr), 2)
         new, stepped = res
         if not isinstance(new, (list, tuple)) or len(new) != len(params):
             raise AssertionError(f"{name}: expected a list of {len(params)} new parameter tensors")
@@ -205,7 +226,7 @@ def check_master_update(master_update) -> None:
              ("a 2-D weight", 1 + torch.rand(3, 4, generator=g), (torch.randn(3, 4, generator=g) * 1e-2).half(), 0.1)]
     for what, master, grad, lr in cases:
         name = f"master_update with {what}"
-        res = _tuple(name, call_student(master_update, master.clone(), grad.clone(), lr, name="master_update"), 2)
+        res = _tuple(name, _call("master_update", master_update, master.clone(), grad.clone(), lr), 2)
         want_master, want_model, _ = master_weight_step(master, grad, lr)
         got_master = expect_tensor(f"{name}: new_master", res[0], tuple(master.shape))
         if got_master.dtype != torch.float32:
@@ -256,7 +277,7 @@ def check_flush_thresholds(flush_thresholds) -> None:
         cases.append((f"an unseen format #{i + 1}", e, m))
     for what, e, m in cases:
         name = f"flush_thresholds({e}, {m}) ({what})"
-        res = _tuple(name, call_student(flush_thresholds, e, m, name="flush_thresholds"), 2)
+        res = _tuple(name, _call("flush_thresholds", flush_thresholds, e, m), 2)
         zero_max, inf_min = (expect_number(f"{name}: {k}", v) for k, v in zip(("zero_max", "inf_min"), res))
         want_zero, want_inf = _thresholds(e, m)
         f = FloatFormat(what, e, m)

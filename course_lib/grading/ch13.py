@@ -14,7 +14,8 @@ Tasks, in the order of the exercise notebook:
    cache fits next to the weights, for published models (GQA, Gemma-2's head width, MHA).
 
 References: ``course_lib.attention.softcap``, ``course_lib.model.count_parameters``,
-``course_lib.model.ModelConfig.layer_window`` and ``course_lib.pretrained.config_from_hf``; a wrong
+``course_lib.model.ModelConfig.layer_window`` and ``course_lib.pretrained.config_from_hf``; an answer
+that calls the reference of its task is refused (:mod:`course_lib.grading.forbid`); a wrong
 answer is compared with the known wrong answers (no rescaling by σ, capped after the mask, K/V heads
 counted as query heads, qkv biases missing, the window of an unused ``sliding_window`` taken, …).
 """
@@ -25,9 +26,11 @@ import math
 
 import torch
 
+from course_lib import attention, model
 from course_lib.architectures import PUBLISHED, gemma2_config
 from course_lib.attention import softcap as reference_softcap
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading.forbid import call_without_library
 from course_lib.model import ModelConfig, count_parameters
 
 __all__ = [
@@ -45,6 +48,25 @@ __all__ = [
 ]
 
 
+def _library(task: str) -> list[tuple[object, str]]:
+    """The library functions a task's check compares with: calling them scores nothing. (Task 7 may use
+    ``count_parameters``: the weights are its input, the cache is the task.)"""
+    if task == "qwen2_config":
+        from course_lib import pretrained
+        return [(pretrained, "config_from_hf")]
+    return {
+        "softcap": [(attention, "softcap")],
+        "capped_scores": [(attention, "softcap")],
+        "count_params": [(model, "count_parameters"), (model, "DecoderLM")],
+        "local_layers": [(ModelConfig, "layer_window")],
+    }[task]
+
+
+def _call(task: str, fn, *args, **kwargs):
+    """The student's function, with the library functions of ``task`` forbidden."""
+    return call_without_library(fn, _library(task), *args, name=task, **kwargs)
+
+
 # ----------------------------------------------------------------------------- task 1
 def check_softcap(softcap_fn) -> None:
     """Task 1: ``softcap(x, cap) = cap · tanh(x / cap)``, same shape and dtype as x."""
@@ -56,7 +78,7 @@ def check_softcap(softcap_fn) -> None:
              (torch.randn(2, 9, generator=g, dtype=torch.float64) * 5, 2.5)]
     for x, cap in cases:
         name = f"softcap(x of shape {tuple(x.shape)}, cap={cap:g})"
-        got = expect_tensor(name, call_student(softcap_fn, x.clone(), cap, name="softcap"), tuple(x.shape), x.dtype)
+        got = expect_tensor(name, _call("softcap", softcap_fn, x.clone(), cap), tuple(x.shape), x.dtype)
         want = reference_softcap(x, cap)
         expect_close(name, got, want, mistakes={
             "tanh without rescaling by σ: cap · tanh(x / cap) lies in (−cap, cap); "
@@ -79,7 +101,7 @@ def check_capped_scores(capped_scores_fn) -> None:
         if window:
             mask &= ~torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T - 3)
         name = f"capped_scores(scores {tuple(scores.shape)}, mask {tuple(mask.shape)}, cap={cap:g})"
-        got = call_student(capped_scores_fn, scores.clone(), mask.clone(), cap, name="capped_scores")
+        got = _call("capped_scores", capped_scores_fn, scores.clone(), mask.clone(), cap)
         got = expect_tensor(name, got, tuple(scores.shape), scores.dtype)
         want = reference_softcap(scores, cap).masked_fill(~mask, float("-inf"))
         finite_fill = got[..., ~mask]
@@ -176,7 +198,7 @@ def check_count_params(count_params_fn) -> None:
     for key, kw in kwargs.items():
         spec = spec_of(**kw)
         name = f"count_params({key})"
-        got = expect_number(name, call_student(count_params_fn, dict(spec), name="count_params"))
+        got = expect_number(name, _call("count_params", count_params_fn, dict(spec)))
         want = _count(spec)
         if got == want:
             continue
@@ -214,7 +236,7 @@ def check_local_layers(local_layers_fn) -> None:
     cases = [42, 26, 46, 1, 2, 7]
     for n in cases:
         name = f"local_layers({n})"
-        got = call_student(local_layers_fn, n, name="local_layers")
+        got = _call("local_layers", local_layers_fn, n)
         if isinstance(got, torch.Tensor):
             got = got.tolist()
         try:
@@ -303,7 +325,7 @@ def check_qwen2_config(qwen2_config_fn) -> None:
                                            for i in range(2)]
     for what, hf in cases:
         name = f"qwen2_config({what})"
-        got = call_student(qwen2_config_fn, dict(hf), name="qwen2_config")
+        got = _call("qwen2_config", qwen2_config_fn, dict(hf))
         if not isinstance(got, ModelConfig):
             raise AssertionError(f"{name}: expected a course_lib.model.ModelConfig; got {type(got).__name__}")
         want = config_from_hf(hf)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from course_lib import pretraining as P
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
-from course_lib.grading.forbid import call_without
+from course_lib.grading.forbid import call_without_library
 from course_lib import masks as M
 from course_lib.masks import IGNORE_INDEX
 
@@ -60,14 +60,9 @@ _LIBRARY = {
 }
 
 
-def _library_message(task: str) -> str:
-    names = ", ".join(f"{obj.__name__}.{attr}" for obj, attr in _LIBRARY[task])
-    return f"the library ({names}) does the work here: write it yourself (the library is what the check compares you with)"
-
-
 def _call(task: str, fn, *args, **kwargs):
     """The student's function, with the library functions of ``task`` forbidden."""
-    return call_without(fn, _LIBRARY[task], _library_message(task), *args, name=task, **kwargs)
+    return call_without_library(fn, _LIBRARY[task], *args, name=task, **kwargs)
 
 
 def _z(observed: float, p: float, n: int) -> float:

@@ -13,16 +13,20 @@ calls the student's function through :func:`call_without`, which
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 from typing import Callable, Iterable
 
 from course_lib.grading import call_student
 
-__all__ = ["call_without", "refusing", "refers_to"]
+__all__ = ["call_without", "call_without_library", "call_allowing_library", "library_message", "refusing", "refers_to"]
 
 
 class _Forbidden(RuntimeError):
     pass
+
+
+_INHERITED = object()
 
 
 @contextlib.contextmanager
@@ -30,14 +34,19 @@ def refusing(targets: Iterable[tuple[object, str]], message: str):
     """Make every ``getattr(obj, attr)`` of ``targets`` raise ``message`` inside the block; restore them after."""
     def refuse(*args, **kwargs):
         raise _Forbidden(message)
-    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in targets if hasattr(obj, attr)]
+    # a class keeps its own entry as it was (a staticmethod stays one); an inherited method is deleted again
+    saved = [(obj, attr, vars(obj).get(attr, _INHERITED) if isinstance(obj, type) else getattr(obj, attr))
+             for obj, attr in targets if hasattr(obj, attr)]
     try:
         for obj, attr, _ in saved:
             setattr(obj, attr, refuse)
         yield
     finally:
         for obj, attr, fn in reversed(saved):
-            setattr(obj, attr, fn)
+            if fn is _INHERITED:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, fn)
 
 
 def _names(code: types.CodeType) -> set[str]:
@@ -90,3 +99,52 @@ def call_without(fn: Callable, targets: Iterable[tuple[object, str]], message: s
         if isinstance(exc.__cause__, _Forbidden):
             raise AssertionError(f"{name}: {message}") from None
         raise
+
+
+
+def _dotted(obj: object, attr: str) -> str:
+    """``module.function`` or ``module.Class.method``: how the answer would reach ``getattr(obj, attr)``."""
+    if isinstance(obj, types.ModuleType):
+        return f"{obj.__name__}.{attr}"
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}.{attr}"
+
+
+def library_message(targets: Iterable[tuple[object, str]]) -> str:
+    """The message for an answer that calls ``targets``, the library functions its check compares with."""
+    names = ", ".join(dict.fromkeys(_dotted(obj, attr) for obj, attr in targets))
+    return (f"the library ({names}) does the work here: write it yourself "
+            "(the library is what the check compares you with)")
+
+
+def _with_aliases(targets: list[tuple[object, str]]) -> list[tuple[object, str]]:
+    """``targets`` and every other name under which a course_lib module holds the same objects.
+
+    ``course_lib.kv_cache`` re-exports ``course_lib.attention.repeat_kv``, ``course_lib.model`` imports
+    it: an answer that reaches it through any of them (``import course_lib.model as m`` inside the
+    function) must meet the refusal too.
+    """
+    forbidden = {id(getattr(obj, attr)) for obj, attr in targets if hasattr(obj, attr)}
+    out, seen = list(targets), {(id(obj), attr) for obj, attr in targets}
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", None)
+        if not (isinstance(module, types.ModuleType) and isinstance(name, str)
+                and (name == "course_lib" or name.startswith("course_lib."))):
+            continue
+        for attr, value in list(vars(module).items()):
+            if id(value) in forbidden and (id(module), attr) not in seen:
+                out.append((module, attr))
+                seen.add((id(module), attr))
+    return out
+
+
+def call_without_library(fn: Callable, targets: Iterable[tuple[object, str]], *args, name: str, **kwargs):
+    """``call_student(fn, *args)`` with the library functions ``targets`` forbidden (:func:`call_without`),
+    under every name course_lib holds them by, and the message :func:`library_message` if the answer uses one."""
+    targets = list(targets)
+    return call_without(fn, _with_aliases(targets), library_message(targets), *args, name=name, **kwargs)
+
+
+def call_allowing_library(fn: Callable, targets: Iterable[tuple[object, str]], *args, name: str, **kwargs):
+    """:func:`call_without_library` without the refusal: what a check would do without it. The tests put
+    it in a check's place to show that a library answer fails only because it is refused."""
+    return call_student(fn, *args, name=name, **kwargs)
