@@ -9,7 +9,7 @@ import course_lib.attention
 import course_lib.kv_cache
 import course_lib.model
 from course_lib import flash
-from course_lib.grading.forbid import call_without_library, library_message, refusing
+from course_lib.grading.forbid import Refused, call_without, call_without_library, library_message, refusing
 from course_lib.kv_cache import repeat_kv          # a re-export: course_lib.attention's function under another module
 
 REPEAT_KV = [(course_lib.attention, "repeat_kv")]
@@ -61,8 +61,22 @@ def test_a_class_gets_back_exactly_what_it_had():
     own = inspect.getattr_static(flash.FlashAttentionFunction, "backward")
     with refusing([(flash.FlashAttentionFunction, "backward"), (course_lib.model.CausalSelfAttention, "__call__")],
                   "refused"):
-        with pytest.raises(RuntimeError, match="refused"):
+        with pytest.raises(Refused, match="refused"):
             flash.FlashAttentionFunction.backward(None, None)
     assert inspect.getattr_static(flash.FlashAttentionFunction, "backward") is own
     assert isinstance(own, staticmethod)
     assert "__call__" not in vars(course_lib.model.CausalSelfAttention)
+
+
+def test_an_answer_cannot_swallow_the_refusal():
+    """A refusal is a BaseException: an answer's ``except Exception`` fallback does not hide it."""
+    import torch
+
+    def sneaky(x):
+        try:
+            return torch.softmax(x, -1)
+        except Exception:
+            return torch.zeros_like(x)
+
+    with pytest.raises(AssertionError, match="sneaky: no softmax"):
+        call_without(sneaky, [(torch, "softmax")], "no softmax", torch.ones(3), name="sneaky")

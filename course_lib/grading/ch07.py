@@ -22,7 +22,6 @@ sigmoid instead of SiLU, no rounding, 4·d instead of 8/3·d, …) and the messa
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import sys
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from course_lib import ffn
 from course_lib.ffn import GLU_VARIANTS, ffn_num_parameters, glu_hidden_dim
 from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
-from course_lib.grading.forbid import call_without_library
+from course_lib.grading.forbid import AUTOGRAD_MESSAGE, Refused, autograd, call_without_library, refusing
 
 __all__ = ["check_swiglu_forward", "check_glu_hidden_dim", "check_glu_ffn", "check_ffn_param_count",
            "check_glu_width_for_budget", "check_glu_jacobian", "reference_glu_ffn", "BUDGET_CASES"]
@@ -296,31 +295,6 @@ def _jacobian_terms(x, wg, wu, wd, variant):
     return (wg * (slope * u)) @ wd, (wu * phi) @ wd
 
 
-class _Autograd(BaseException):
-    """Raised inside the student's code when it reaches autograd (a BaseException: ``except Exception`` misses it)."""
-
-
-@contextlib.contextmanager
-def _autograd_refused():
-    """Make the entry points of autograd raise: ``torch.autograd.grad`` (also behind ``torch.func.jacrev``,
-    ``vjp`` and ``torch.autograd.functional.jacobian``), ``torch.autograd.backward`` (behind
-    ``Tensor.backward``) and forward-mode ``make_dual`` (behind ``jacfwd``, ``jvp``)."""
-    import torch.autograd.forward_ad as fwAD
-
-    def refuse(*args, **kwargs):
-        raise _Autograd()
-
-    patched = [(torch.autograd, "grad"), (torch.autograd, "backward"), (fwAD, "make_dual")]
-    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in patched]
-    for obj, attr, _ in saved:
-        setattr(obj, attr, refuse)
-    try:
-        yield
-    finally:
-        for obj, attr, original in saved:
-            setattr(obj, attr, original)
-
-
 JACOBIAN_VARIANTS = ("swiglu", "geglu", "glu", "reglu", "bilinear")
 
 
@@ -367,9 +341,9 @@ def check_glu_jacobian(glu_jacobian) -> None:
     wg, wu, wd = _weights(g, 8, 16, torch.float64)
     x = torch.randn(8, generator=g, dtype=torch.float64)
     try:
-        with _autograd_refused():
+        with refusing(autograd(), AUTOGRAD_MESSAGE):
             glu_jacobian(x, wg, wu, wd, "swiglu")
-    except _Autograd:
+    except Refused:
         raise AssertionError(
             "glu_jacobian: the Jacobian was computed by autograd (torch.autograd / torch.func / .backward()): the "
             "task is to derive it — write J = W_gate diag(φ'(g) ⊙ u) W_down + W_up diag(φ(g)) W_down from the "

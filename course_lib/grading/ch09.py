@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.grading import call_student, expect_close, expect_tensor, passed
-from course_lib.grading.forbid import call_without
+from course_lib.grading.forbid import AUTOGRAD_MESSAGE, autograd, call_without
 from course_lib.norms import layer_norm, residual_block, rms_norm
 
 __all__ = ["check_layer_norm", "check_rms_norm", "check_block", "check_prms_norm", "check_layer_norm_backward",
@@ -79,8 +79,6 @@ def _over_all(x, eps, centre=True):
 _LIBRARY_NORMS_MESSAGE = ("a library norm (F.layer_norm, F.rms_norm, nn.LayerNorm, course_lib.norms, …) does the "
                           "work here: compute it from the formula with mean, sqrt, … (the library is what the check "
                           "compares you with)")
-_AUTOGRAD_MESSAGE = ("autograd does the work here: derive the gradient and compute it with tensor operations "
-                     "(autograd is what the check compares you with)")
 
 
 def _library_norms() -> list[tuple[object, str]]:
@@ -90,13 +88,6 @@ def _library_norms() -> list[tuple[object, str]]:
             (torch.nn.LayerNorm, "forward"), (torch.nn.RMSNorm, "forward"), (norms, "layer_norm"), (norms, "rms_norm"),
             (norms.LayerNorm, "forward"), (norms.RMSNorm, "forward"), (torch.nn, "LayerNorm"), (torch.nn, "RMSNorm"),
             (norms, "LayerNorm"), (norms, "RMSNorm")]
-
-
-def _autograd() -> list[tuple[object, str]]:
-    """Every entry point of autograd: the task is to derive the gradient, not to ask for it."""
-    return [(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"),
-            (torch.autograd.functional, "vjp"), (torch.autograd.functional, "jacobian"),
-            (torch.func, "vjp"), (torch.func, "grad"), (torch.func, "jacrev")]
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -298,7 +289,7 @@ def check_layer_norm_backward(layer_norm_backward) -> None:
         x = torch.randn(*shape, generator=g, dtype=torch.float64) * 2 + 0.5
         gamma = 1 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
         grad_y = torch.randn(*shape, generator=g, dtype=torch.float64)
-        res = call_without(layer_norm_backward, _autograd(), _AUTOGRAD_MESSAGE, x.clone(), gamma.clone(),
+        res = call_without(layer_norm_backward, autograd(), AUTOGRAD_MESSAGE, x.clone(), gamma.clone(),
                            grad_y.clone(), eps, name="layer_norm_backward")
         if not (isinstance(res, (tuple, list)) and len(res) == 3):
             raise AssertionError(f"{name}: expected a triple (grad_x, grad_gamma, grad_beta); got {type(res).__name__}")

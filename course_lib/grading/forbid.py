@@ -19,11 +19,31 @@ from typing import Callable, Iterable
 
 from course_lib.grading import call_student
 
-__all__ = ["call_without", "call_without_library", "call_allowing_library", "library_message", "refusing", "refers_to"]
+__all__ = ["Refused", "autograd", "AUTOGRAD_MESSAGE", "call_without", "call_without_library", "call_allowing_library",
+           "library_message", "refusing", "refers_to"]
 
 
-class _Forbidden(RuntimeError):
-    pass
+class Refused(BaseException):
+    """Raised by a forbidden function inside :func:`refusing`. A ``BaseException``, so that an answer's
+    ``except Exception`` cannot swallow it and carry on with a fallback."""
+
+
+def autograd() -> list[tuple[object, str]]:
+    """Every entry point of autograd, for tasks that ask for a gradient derived by hand: ``torch.autograd.grad``
+    (behind ``torch.func.grad``, ``vjp``, ``jacrev`` and ``autograd.functional``), ``torch.autograd.backward`` and
+    ``Tensor.backward``, forward-mode ``make_dual`` (behind ``jacfwd``, ``jvp``), and the wrappers themselves."""
+    import torch
+    import torch.autograd.forward_ad as forward_ad
+    import torch.autograd.functional  # noqa: F401  (an attribute of torch.autograd once imported)
+    import torch.func
+
+    return [(torch.autograd, "grad"), (torch.autograd, "backward"), (torch.Tensor, "backward"),
+            (forward_ad, "make_dual"), (torch.autograd.functional, "vjp"), (torch.autograd.functional, "jacobian"),
+            (torch.func, "vjp"), (torch.func, "grad"), (torch.func, "jacrev"), (torch.func, "jacfwd")]
+
+
+AUTOGRAD_MESSAGE = ("autograd does the work here: derive the gradient and compute it with tensor operations "
+                    "(autograd is what the check compares you with)")
 
 
 _INHERITED = object()
@@ -33,7 +53,7 @@ _INHERITED = object()
 def refusing(targets: Iterable[tuple[object, str]], message: str):
     """Make every ``getattr(obj, attr)`` of ``targets`` raise ``message`` inside the block; restore them after."""
     def refuse(*args, **kwargs):
-        raise _Forbidden(message)
+        raise Refused(message)
     # a class keeps its own entry as it was (a staticmethod stays one); an inherited method is deleted again
     saved = [(obj, attr, vars(obj).get(attr, _INHERITED) if isinstance(obj, type) else getattr(obj, attr))
              for obj, attr in targets if hasattr(obj, attr)]
@@ -95,10 +115,8 @@ def call_without(fn: Callable, targets: Iterable[tuple[object, str]], message: s
     try:
         with refusing(targets, message):
             return call_student(fn, *args, name=name, **kwargs)
-    except AssertionError as exc:            # call_student wraps the refusal: say it plainly
-        if isinstance(exc.__cause__, _Forbidden):
-            raise AssertionError(f"{name}: {message}") from None
-        raise
+    except Refused:
+        raise AssertionError(f"{name}: {message}") from None
 
 
 
