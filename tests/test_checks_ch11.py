@@ -317,6 +317,14 @@ def sgd_by_library(params, grads, scale, lr):
     return [P.master_weight_step(p, g, lr, scale=scale)[0] for p, g in zip(params, grads)], True
 
 
+def scale_by_library(grads, max_zero_fraction):
+    fp16 = P.get_format("fp16")
+    for k in range(-60, 60):
+        if P.underflow_fraction(grads.double(), fp16, 2.0 ** k) <= max_zero_fraction:
+            return None if torch.isinf((grads * 2.0 ** k).half()).any() else 2.0 ** k
+    return None
+
+
 def thresholds_by_library(e, m):
     f = P.FloatFormat("format", e, m)
     return f.smallest_subnormal / 2, f.max + 2.0 ** (f.emax - m) / 2
@@ -330,6 +338,7 @@ def thresholds_by_library(e, m):
     (ch11.check_scaled_sgd_step, sgd_by_library),
     (ch11.check_master_update, lambda master, grad, lr: P.master_weight_step(master, grad, lr)[:2]),
     (ch11.check_flush_thresholds, thresholds_by_library),
+    (ch11.check_smallest_loss_scale, scale_by_library),
 ])
 def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
     with pytest.raises(AssertionError, match="the library .* does the work here"):

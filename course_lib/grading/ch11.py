@@ -32,7 +32,7 @@ import math
 import torch
 
 from course_lib import precision
-from course_lib.grading import call_student, expect_close, expect_number, expect_tensor, passed
+from course_lib.grading import expect_close, expect_number, expect_tensor, passed
 from course_lib.grading.forbid import call_without_library
 from course_lib.precision import FloatFormat, master_weight_step, round_to_format
 
@@ -41,7 +41,7 @@ __all__ = ["check_format_properties", "check_update_scale", "check_scaled_sgd_st
 
 
 # The functions that answer a task outright: calling them scores nothing (the sheet's intro says so).
-# Task 6 has none: a search with casts is allowed, and its thresholds are Task 5's.
+# Task 6: a search with torch's casts is allowed, the library's underflow count is not.
 _FORMATS = [(precision, "FloatFormat"), (precision, "get_format"), (precision, "format_table"), (torch, "finfo")]
 _LIBRARY = {
     "format_properties": _FORMATS,
@@ -51,6 +51,7 @@ _LIBRARY = {
                         (precision, "DynamicLossScaler"), (torch.amp, "GradScaler")],
     "master_update": [(precision, "master_weight_step")],
     "flush_thresholds": _FORMATS + [(precision, "round_to_format")],
+    "smallest_loss_scale": [(precision, "underflow_fraction")],
 }
 
 
@@ -370,7 +371,7 @@ def check_smallest_loss_scale(smallest_loss_scale) -> None:
     for what, n, centre, spread, seed, frac in cases:
         name = f"smallest_loss_scale({what}, max_zero_fraction={frac:g})"
         grads = gradient_population(n, centre, spread, seed)
-        got = call_student(smallest_loss_scale, grads.clone(), frac, name="smallest_loss_scale")
+        got = _call("smallest_loss_scale", smallest_loss_scale, grads.clone(), frac)
         want = _smallest_scale(grads, frac)
         if got is not None:
             got = expect_number(name, got)
