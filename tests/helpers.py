@@ -1,4 +1,5 @@
-"""Helpers the tests import: the repository root, the notebook lists, the toc walker, the exercise stub."""
+"""Helpers the tests import: the repository root, the notebook lists, the toc walker, the exercise stub,
+the refused-library assertion."""
 
 from __future__ import annotations
 
@@ -36,3 +37,16 @@ def toc_files(toc_path: Path = TOC) -> list[str]:
     walk(toc.get("parts"))
     walk(toc.get("chapters"))
     return [str(Path(f).with_suffix("")) if Path(f).suffix in SOURCE_SUFFIXES else f for f in files]
+
+
+def refused_then_passes(check, answer, module, monkeypatch) -> None:
+    """``answer`` calls the library ``check`` compares with: it fails with the refusal, and passes once
+    ``module``'s refusal is lifted — so the refusal, nothing else, is what fails it."""
+    import pytest
+
+    from course_lib.grading.forbid import call_allowing_library
+
+    with pytest.raises(AssertionError, match="the library .* does the work here"):
+        check(answer)
+    monkeypatch.setattr(module, "call_without_library", call_allowing_library)
+    check(answer)

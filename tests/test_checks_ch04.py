@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.grading import ch04
-from helpers import stub
+from helpers import refused_then_passes, stub
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -228,7 +228,6 @@ def test_local_global_names_the_mistake(wrong, message):
 # ----------------------------------------------------------------------------- calling the library scores nothing
 from course_lib import kv_cache as KV  # noqa: E402
 from course_lib.kv_cache import repeat_kv as library_repeat_kv  # noqa: E402
-from course_lib.grading.forbid import call_allowing_library  # noqa: E402
 
 
 def update_by_library(k_cache, v_cache, pos, k, v):
@@ -261,7 +260,4 @@ def decode_by_library(attn, x_new, k_cache, v_cache, pos):
     (ch04.check_decode_step, decode_by_library),
 ])
 def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
-    with pytest.raises(AssertionError, match="the library .* does the work here"):
-        check(answer)
-    monkeypatch.setattr(ch04, "call_without_library", call_allowing_library)
-    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+    refused_then_passes(check, answer, ch04, monkeypatch)

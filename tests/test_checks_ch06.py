@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch06
-from helpers import stub
+from helpers import refused_then_passes, stub
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -334,7 +334,6 @@ def test_yarn_names_the_mistake(wrong, message):
 
 # ----------------------------------------------------------------------------- calling the library scores nothing
 from course_lib import positional as P  # noqa: E402
-from course_lib.grading.forbid import call_allowing_library  # noqa: E402
 
 
 def rope_by_library(x, positions, layout):
@@ -361,7 +360,4 @@ def rope_by_library_rotation(x, positions, layout):
     (ch06.check_ntk_base, lambda base, head_dim, rotary_dim, s: P.ntk_scaled_base(base, s, rotary_dim)),
 ])
 def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
-    with pytest.raises(AssertionError, match="the library .* does the work here"):
-        check(answer)
-    monkeypatch.setattr(ch06, "call_without_library", call_allowing_library)
-    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+    refused_then_passes(check, answer, ch06, monkeypatch)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.grading import ch07
-from helpers import stub
+from helpers import refused_then_passes, stub
 
 
 ACTS = {"glu": torch.sigmoid, "bilinear": lambda z: z, "reglu": F.relu, "geglu": F.gelu, "swiglu": F.silu}
@@ -283,7 +283,6 @@ def test_glu_jacobian_by_backward_fails_the_point():
 
 # ----------------------------------------------------------------------------- calling the library scores nothing
 from course_lib import ffn  # noqa: E402
-from course_lib.grading.forbid import call_allowing_library  # noqa: E402
 
 
 def glu_by_module(x, wg, wu, wd, variant="swiglu"):
@@ -309,7 +308,4 @@ def params_by_module(d, h, kind, bias):
     (ch07.check_ffn_param_count, params_by_module),
 ])
 def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
-    with pytest.raises(AssertionError, match="the library .* does the work here"):
-        check(answer)
-    monkeypatch.setattr(ch07, "call_without_library", call_allowing_library)
-    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+    refused_then_passes(check, answer, ch07, monkeypatch)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from course_lib.grading import ch11
-from helpers import stub
+from helpers import refused_then_passes, stub
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -296,7 +296,6 @@ def test_smallest_loss_scale_mistakes(wrong, message):
 
 # ----------------------------------------------------------------------------- calling the library scores nothing
 from course_lib import precision as P  # noqa: E402
-from course_lib.grading.forbid import call_allowing_library  # noqa: E402
 
 
 def props_by_library(e, m):
@@ -341,10 +340,7 @@ def thresholds_by_library(e, m):
     (ch11.check_smallest_loss_scale, scale_by_library),
 ])
 def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
-    with pytest.raises(AssertionError, match="the library .* does the work here"):
-        check(answer)
-    monkeypatch.setattr(ch11, "call_without_library", call_allowing_library)
-    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+    refused_then_passes(check, answer, ch11, monkeypatch)
 
 
 def test_torch_finfo_is_refused_for_a_format():

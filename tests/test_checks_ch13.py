@@ -9,7 +9,7 @@ import torch
 
 from course_lib.grading import ch13
 from course_lib.model import ModelConfig, count_parameters
-from helpers import stub
+from helpers import refused_then_passes, stub
 
 
 # ----------------------------------------------------------------------------- task 1
@@ -260,7 +260,6 @@ def test_max_context_names_the_mistake(wrong, message):
 # ----------------------------------------------------------------------------- calling the library scores nothing
 from course_lib import attention as A  # noqa: E402
 from course_lib.architectures import gemma2_config  # noqa: E402
-from course_lib.grading.forbid import call_allowing_library  # noqa: E402
 from course_lib.pretrained import config_from_hf  # noqa: E402
 
 
@@ -279,8 +278,5 @@ def params_by_building(spec):
     (ch13.check_qwen2_config, config_from_hf),
 ])
 def test_calling_the_library_scores_nothing(check, answer, monkeypatch):
-    with pytest.raises(AssertionError, match="the library .* does the work here"):
-        check(answer)
-    monkeypatch.setattr(ch13, "call_without_library", call_allowing_library)
-    check(answer)                     # the same answer passes once the refusal is lifted: the refusal fails it
+    refused_then_passes(check, answer, ch13, monkeypatch)
 
