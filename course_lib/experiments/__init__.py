@@ -18,3 +18,28 @@ offers a ``--quick`` mode with tiny sizes that the tests and the chapters run.
 * ``gqa_uptraining`` — Chapter 4: the Chapter 4 checkpoint mean-pooled to 2 and 1 K/V heads, then
   uptrained for 5% of its original steps (Ainslie et al., 2023), with an MHA control.
 """
+
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from course_lib.utils import load_average, machine_description
+
+__all__ = ["command_line", "run_meta"]
+
+
+def command_line(module: str, argv) -> str:
+    """The command that reproduces a run: ``python -m course_lib.experiments.<module> <argv…>``."""
+    return f"python -m course_lib.experiments.{module}" + (" " + " ".join(argv) if argv else "")
+
+
+def run_meta(started: float, device="cpu", command: str | None = None, **extra) -> dict:
+    """What every saved result says of its run: the command, torch and Python, the machine, the wall time
+    since ``started`` (``time.perf_counter()``), the date and the load average (other programs slow a run
+    down); ``extra`` adds an experiment's own fields."""
+    return {"command": command, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": machine_description(device), "wall_seconds": round(time.perf_counter() - started, 1),
+            "date": time.strftime("%Y-%m-%d"), "load_average": load_average(), **extra}

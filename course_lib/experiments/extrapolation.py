@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +48,8 @@ import torch.nn.functional as F
 from course_lib.data import CharCorpus
 from course_lib.model import DecoderLM, ModelConfig
 from course_lib.train import train
-from course_lib.utils import default_device, machine_description, set_seed
+from course_lib.experiments import command_line, run_meta
+from course_lib.utils import default_device, set_seed
 
 try:  # a progress bar when tqdm is installed (it is in requirements.txt), plain prints otherwise
     from tqdm.auto import tqdm
@@ -224,16 +224,7 @@ def _run(s: Settings, device, progress, log, corpus) -> dict:
             log(f"{label:>34}: " + "  ".join(f"{k}: {v:.3f}" for k, v in ev["loss"].items()))
 
     results["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()}
-    results["meta"] = {
-        "command": "python -m course_lib.experiments.extrapolation " + " ".join(sys.argv[1:])
-        if Path(sys.argv[0]).name in ("extrapolation.py", "__main__.py") or sys.argv[0] == "-m" else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": machine_description(device),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "date": time.strftime("%Y-%m-%d"),
-        "n_parameters": {name: m.num_parameters() for name, m in models.items()},
-    }
+    results["meta"] = run_meta(t0, device, n_parameters={name: m.num_parameters() for name, m in models.items()})
     return results
 
 
@@ -322,8 +313,7 @@ def main(argv=None) -> dict:
     if args.schemes:
         s.schemes = tuple(x.strip() for x in args.schemes.split(","))
     results = run(s, device=args.device, progress=not args.no_progress)
-    results["meta"]["command"] = "python -m course_lib.experiments.extrapolation" + (
-        " " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv if argv is not None else sys.argv[1:]) else "")
+    results["meta"]["command"] = command_line("extrapolation", argv if argv is not None else sys.argv[1:])
     out = RESULTS_DIR if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "extrapolation.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import torch
 from course_lib.data import CharCorpus
 from course_lib.model import mha_to_gqa
 from course_lib.train import evaluate, load_checkpoint, train
-from course_lib.utils import load_average, machine_description
+from course_lib.experiments import command_line, run_meta
 
 __all__ = ["Settings", "QUICK", "RESULTS_DIR", "CHECKPOINT", "run", "load_results", "plot_results", "main"]
 
@@ -120,14 +119,9 @@ def run(s: Settings = Settings(), *, checkpoint=None, device=None, progress: boo
             results["runs"][str(h)] = _uptrain(m, corpus, s, progress)
             log(f"control, MHA trained {s.steps} more steps: {results['runs'][str(h)]['val_loss'][-1]:.3f}")
         results["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()}
-        results["meta"] = {
-            "command": None, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": machine_description(next(model.parameters()).device),
-            "wall_seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
-            "load_average": load_average(),
-            "checkpoint": Path(CHECKPOINT if checkpoint is None else checkpoint).name,
-            "corpus_fingerprint": corpus.fingerprint(),
-        }
+        results["meta"] = run_meta(t0, next(model.parameters()).device,
+                                   checkpoint=Path(CHECKPOINT if checkpoint is None else checkpoint).name,
+                                   corpus_fingerprint=corpus.fingerprint())
     finally:
         torch.set_num_threads(threads)
     return results
@@ -192,7 +186,7 @@ def main(argv=None) -> dict:
     if args.threads is not None:
         s.threads = args.threads
     results = run(s, device=args.device, progress=not args.no_progress)
-    results["meta"]["command"] = "python -m course_lib.experiments.gqa_uptraining" + (" " + " ".join(argv) if argv else "")
+    results["meta"]["command"] = command_line("gqa_uptraining", argv)
     out = RESULTS_DIR if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gqa_uptraining.json").write_text(json.dumps(results, indent=1) + "\n")

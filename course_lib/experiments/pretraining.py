@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
@@ -46,7 +45,8 @@ from course_lib.data import CharCorpus
 from course_lib.masks import IGNORE_INDEX
 from course_lib.model import DecoderLM, ModelConfig
 from course_lib.train import load_checkpoint
-from course_lib.utils import machine_description, set_seed
+from course_lib.experiments import command_line, run_meta
+from course_lib.utils import set_seed
 
 __all__ = ["RESULTS_DIR", "CHECKPOINT", "SETTINGS", "QUICK", "run_finetune", "run_bert", "run_icl",
            "load_results", "plot_results", "main"]
@@ -430,12 +430,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     results = RUNS[args.name](s)
     results["settings"] = s
-    results["meta"] = {
-        "command": "python -m course_lib.experiments.pretraining " + " ".join(argv),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "machine": machine_description("cpu"),
-        "wall_seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%d"),
-    }
+    results["meta"] = run_meta(t0, "cpu", command_line("pretraining", argv))
     out = RESULTS_DIR if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"pretraining_{args.name}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +45,8 @@ from torch import nn
 from course_lib.mha import DecoderLayer, EncoderLayer
 from course_lib.positional import SinusoidalPositionalEmbedding
 from course_lib.train import lr_at
-from course_lib.utils import check_choice, check_tensor, load_average, machine_description, set_seed
+from course_lib.experiments import command_line, run_meta
+from course_lib.utils import check_choice, check_tensor, set_seed
 
 __all__ = ["Settings", "QUICK", "RESULTS_DIR", "CHECKPOINT_DIR", "Seq2Seq", "make_batch", "expected_source_position",
            "greedy_decode", "cross_attention_maps", "evaluate", "train_model", "run", "save_model", "load_model",
@@ -291,13 +291,7 @@ def run(s: Settings = Settings(), *, device=None, log=print, checkpoint=None) ->
         results["chance_loss"] = round(math.log(s.n_symbols), 4)
         results["n_parameters"] = sum(p.numel() for p in model.parameters())
         results["settings"] = dataclasses.asdict(s)
-        results["meta"] = {
-            "command": None, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": machine_description(next(model.parameters()).device),
-            "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
-            "load_average": load_average(),
-            "date": time.strftime("%Y-%m-%d"),
-        }
+        results["meta"] = run_meta(t0, next(model.parameters()).device, train_seconds=round(train_seconds, 1))
     finally:
         torch.set_num_threads(threads)
     log(f"exact match {results['exact_match']:.3f}, token accuracy {results['token_accuracy']:.3f}, "
@@ -395,7 +389,7 @@ def main(argv=None) -> dict:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"ch02_{s.task}.pt"
     results = run(s, device=args.device, checkpoint=ckpt)
-    results["meta"]["command"] = "python -m course_lib.experiments.seq2seq" + (" " + " ".join(argv) if argv else "")
+    results["meta"]["command"] = command_line("seq2seq", argv)
     results["checkpoint"] = ckpt.name
     (out / f"seq2seq_{s.task}.json").write_text(json.dumps(results, indent=1) + "\n")
     import matplotlib
