@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, settings
 
 # Triton's interpreter must be chosen before anything imports triton. Some test modules import
 # packages that import triton themselves (transformers, torch.utils.flop_counter), and pytest-xdist
-# collects every module in every worker, so the mode is set here, first, as course_lib would set it.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# collects every module in every worker, so course_lib, which chooses the mode on import, comes first.
+import course_lib  # noqa: E402,F401
 
 # CI is a 2-core machine: a moderate number of examples per property, no per-example
 # deadline (the first call into torch is slow), derandomized so a failure reproduces.
