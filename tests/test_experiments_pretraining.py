@@ -18,6 +18,21 @@ def test_quick_command_writes_json_and_png_with_its_command(name, tmp_path):
     assert saved["meta"]["command"] == f"python -m course_lib.experiments.pretraining {name} --quick --out {tmp_path}"
     assert saved["settings"] == X.QUICK[name] and saved.keys() == results.keys()
     assert "logical CPUs" in saved["meta"]["machine"]
+    assert len(X.plot_results(name, saved).axes) == 1
+    if name == "icl":
+        assert len(saved["accuracy"]) == len(saved["ideal"]) == saved["settings"]["n_examples"]
+        assert all(0 <= a <= 1 for a in saved["accuracy"])
+    elif name in ("bert", "roberta"):
+        assert set(saved["variants"]) == {"bert": {"MLM + NSP"}, "roberta": {"MLM only"}}[name]
+        assert 0 < saved["unigram_accuracy"] < 1
+        assert ("nsp_accuracy" in next(iter(saved["variants"].values()))) == (name == "bert")
+    else:
+        assert set(saved["accuracy"]) == set(X.METHODS) and saved["n_test"] == 2 * X.QUICK[name]["n_test_per_class"]
+
+
+def test_load_results_names_the_commands():
+    with pytest.raises(ValueError, match="name"):
+        X.load_results("nope")
 
 
 def test_roberta_is_bert_without_nsp():

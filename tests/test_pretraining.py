@@ -229,35 +229,3 @@ def test_icl_batch_follows_one_function_per_row_and_the_ideal_learner_improves()
     acc = P.ideal_icl_accuracy(6, n_samples=4000)
     assert acc[0] < 0.3 and acc[-1] > 0.9
     assert all(b >= a - 0.02 for a, b in zip(acc, acc[1:]))
-
-
-# ----------------------------------------------------------------------------- the experiment commands, tiny
-@pytest.mark.parametrize("name", ["icl", "bert", "finetune"])
-def test_experiments_run_tiny_and_plot(name, tmp_path):
-    import json
-
-    import matplotlib
-
-    from course_lib.experiments import pretraining as X
-
-    matplotlib.use("Agg")
-    s = dict(X.QUICK[name], steps=2)
-    if name == "finetune":
-        s.update(n_labels=[8], n_test_per_class=4)
-    if name == "bert":
-        s.update(n_eval_pairs=16)
-    res = X.RUNS[name](s, log=lambda *a: None)
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps(res))
-    fig = X.plot_results(name, X.load_results(name, path))
-    assert len(fig.axes) == 1
-    if name == "icl":
-        assert len(res["accuracy"]) == len(res["ideal"]) == s["n_examples"]
-        assert all(0 <= a <= 1 for a in res["accuracy"])
-    elif name == "bert":
-        assert set(res["variants"]) == {"MLM + NSP", "MLM only"}
-        assert 0 < res["unigram_accuracy"] < 1 and "nsp_accuracy" in res["variants"]["MLM + NSP"]
-    else:
-        assert set(res["accuracy"]) == set(X.METHODS) and res["n_test"] == 8
-    with pytest.raises(ValueError, match="name"):
-        X.load_results("nope")

@@ -69,7 +69,7 @@ SETTINGS = {
 QUICK = {
     "finetune": {"task": "acceptability", "n_labels": [16, 64], "n_test_per_class": 20, "max_chars": 40, "steps": 5, "batch_size": 8, "lr": 1e-3,
                  "lam": 0.5, "seeds": [0]},
-    "bert": {"variants": ["MLM + NSP", "MLM only"], "steps": 5, "batch_size": 8, "max_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
+    "bert": {"variants": ["MLM + NSP"], "steps": 5, "batch_size": 8, "max_len": 32, "d_model": 32, "n_layers": 1, "n_heads": 2,
              "lr": 2e-3, "n_eval_pairs": 40, "seed": 0},
     "icl": {"n_examples": 6, "steps": 5, "batch_size": 8, "d_model": 32, "n_layers": 1, "n_heads": 2,
             "lr": 1e-3, "n_eval": 200, "seed": 0},
