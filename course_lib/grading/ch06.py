@@ -368,7 +368,7 @@ def check_ntk_base(ntk_base) -> None:
 # ----------------------------------------------------------------------------- task 7 (transfer)
 def _yarn(head_dim, base, s, L, alpha, beta, *, variant="paper"):
     """YaRN's NTK-by-parts frequencies (Peng et al., 2023, §3.2) and the likely wrong versions."""
-    theta = _freqs(head_dim, base=base)
+    theta = ref.rope_frequencies(head_dim, base, dtype=torch.float64)
     wavelength = (1 / theta) if variant == "no_2pi" else 2 * math.pi / theta
     r = wavelength / L if variant == "inverted_r" else L / wavelength
     gamma = (r - alpha) / (beta - alpha)
@@ -409,7 +409,7 @@ def check_yarn_frequencies(yarn_frequencies) -> None:
         got = _call(yarn_frequencies, d, base, s, L, alpha, beta, name="yarn_frequencies")
         got = expect_tensor(name, got, (d // 2,)).double()
         want = _yarn(d, base, s, L, alpha, beta)
-        theta = _freqs(d, base=base)
+        theta = ref.rope_frequencies(d, base, dtype=torch.float64)
         wrong = {
             "the ramp is reversed: the fast pairs (many turns, r > β) must keep θ_i and the slow ones (r < α) be "
             "interpolated, θ_i / s — local order lives in the fast pairs": _yarn(d, base, s, L, alpha, beta,
