@@ -49,6 +49,7 @@ from course_lib.experiments import command_line, run_meta
 from course_lib.utils import set_seed
 
 __all__ = ["RESULTS_DIR", "CHECKPOINT", "SETTINGS", "QUICK", "run_finetune", "run_bert", "run_icl",
+           "balanced_sample", "encode_examples", "classification_accuracy",
            "load_results", "plot_results", "main"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -124,7 +125,8 @@ def classification_data(task: str, n_test_per_class: int, max_chars: int = 48, s
     return pool, test
 
 
-def _balanced(pool, n, seed):
+def balanced_sample(pool, n: int, seed: int) -> list:
+    """``n`` labelled examples ``(line, label)`` drawn from ``pool``, the same number of each class."""
     rng = random.Random(seed)
     by = {}
     for s, y in pool:
@@ -133,14 +135,17 @@ def _balanced(pool, n, seed):
     return [ex for y in sorted(by) for ex in rng.sample(by[y], per)]
 
 
-def _encode(examples, tok, sp):
+def encode_examples(examples, tok, sp) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPT's input ``[start] line [extract]`` for each ``(line, label)``, left-padded:
+    ``(input_ids [B, T], attention_mask [B, T], labels [B])``; ``sp`` holds the ids of ``<s>`` and ``<e>``."""
     seqs = [P.gpt_input(tok.encode(s), start_id=sp["<s>"], extract_id=sp["<e>"]) for s, _ in examples]
     ids, att = P.encode_batch(seqs)
     return ids, att, torch.tensor([y for _, y in examples])
 
 
 @torch.no_grad()
-def _accuracy(clf, ids, att, y, batch=200):
+def classification_accuracy(clf, ids, att, y, batch: int = 200) -> float:
+    """The share of ``y`` that the classifier ``clf`` (a ``GPTClassifier``) gets right, in batches."""
     clf.eval()
     right = 0
     for i in range(0, len(y), batch):
@@ -199,7 +204,7 @@ def run_finetune(s: dict, log=print) -> dict:
     sp = P.special_ids(tok.vocab_size, ["<s>", "<e>"])
     pool, test = classification_data(s["task"], s["n_test_per_class"], s["max_chars"])
     n_classes = 1 + max(y for _, y in test)
-    t_ids, t_att, t_y = _encode(test, tok, sp)
+    t_ids, t_att, t_y = encode_examples(test, tok, sp)
     acc = {m: {} for m in METHODS}
     per_seed = {m: {} for m in METHODS}      # every seed's accuracy: a different labelled set and initialisation
     for n in s["n_labels"]:
@@ -208,11 +213,11 @@ def run_finetune(s: dict, log=print) -> dict:
                 continue
             runs = []
             for seed in s["seeds"]:
-                labelled = _balanced(pool, n, seed)
+                labelled = balanced_sample(pool, n, seed)
                 if m.startswith("pre-trained LM score"):
                     runs.append(_lm_score_accuracy(base, tok, labelled, test))
                     continue
-                ids, att, y = _encode(labelled, tok, sp)
+                ids, att, y = encode_examples(labelled, tok, sp)
                 set_seed(seed)
                 lm = P.resize_token_embeddings(base, tok.vocab_size + len(sp), seed=seed)
                 if m.startswith("from scratch"):
@@ -220,7 +225,7 @@ def run_finetune(s: dict, log=print) -> dict:
                 clf = P.GPTClassifier(lm, n_classes)
                 fine_tune(clf, ids, att, y, steps=s["steps"], batch_size=s["batch_size"], lr=s["lr"],
                           objective="L3" if "L3" in m else "L2", lam=s["lam"], frozen="frozen" in m, seed=seed)
-                runs.append(_accuracy(clf, t_ids, t_att, t_y))
+                runs.append(classification_accuracy(clf, t_ids, t_att, t_y))
             acc[m][str(n)] = round(sum(runs) / len(runs), 4)
             per_seed[m][str(n)] = [round(r, 4) for r in runs]
             log(f"n = {n:5d}  {m:>30}: {acc[m][str(n)]:.3f}  (seeds {[round(r, 3) for r in runs]})")
